@@ -1,0 +1,5 @@
+import sys
+
+from goldtron.cli import main
+
+sys.exit(main())

@@ -1,0 +1,132 @@
+"""Process groups for tensor, pipeline and data parallelism, held in one explicit object.
+
+Rank order follows Megatron's default (tp fastest, then dp, then pp):
+    global_rank = tp_rank + tp_size * (dp_rank + dp_size * pp_rank)
+so the ranks of one tensor-parallel group are neighbours (cheapest links on a node).
+
+Every rank must create every group in the same order (torch.distributed's rule), so
+`ParallelState.create` builds all of them on all ranks and keeps only those it belongs to.
+Nothing here is a module global: the object is passed to whoever needs a group.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass
+class ParallelState:
+    world_size: int
+    rank: int
+    tp_size: int
+    pp_size: int
+    dp_size: int
+    device: torch.device
+    backend: str
+    tp_group: dist.ProcessGroup | None = None
+    pp_group: dist.ProcessGroup | None = None
+    dp_group: dist.ProcessGroup | None = None
+    # tensor x pipeline ranks of one model replica: norms and num-zeros are summed over it.
+    model_parallel_group: dist.ProcessGroup | None = None
+    # first and last pipeline stage of this pipeline (same tp/dp rank): tied embedding grads.
+    embedding_group: dist.ProcessGroup | None = None
+    pp_ranks: list[int] = field(default_factory=list)
+    embedding_ranks: list[int] = field(default_factory=list)
+
+    # ---- coordinates -------------------------------------------------------------------
+    @property
+    def tp_rank(self) -> int:
+        return self.rank % self.tp_size
+
+    @property
+    def dp_rank(self) -> int:
+        return (self.rank // self.tp_size) % self.dp_size
+
+    @property
+    def pp_rank(self) -> int:
+        return self.rank // (self.tp_size * self.dp_size)
+
+    @property
+    def is_first_stage(self) -> bool:
+        return self.pp_rank == 0
+
+    @property
+    def is_last_stage(self) -> bool:
+        return self.pp_rank == self.pp_size - 1
+
+    @property
+    def prev_stage_rank(self) -> int:
+        return self.pp_ranks[self.pp_rank - 1]
+
+    @property
+    def next_stage_rank(self) -> int:
+        return self.pp_ranks[self.pp_rank + 1]
+
+    @property
+    def in_embedding_group(self) -> bool:
+        return self.rank in self.embedding_ranks
+
+    @property
+    def is_logging_rank(self) -> bool:
+        """Megatron writes TensorBoard from the last rank (a last-stage rank)."""
+        return self.rank == self.world_size - 1
+
+    # ---- construction ------------------------------------------------------------------
+    @staticmethod
+    def global_rank(tp_rank: int, dp_rank: int, pp_rank: int, tp_size: int, dp_size: int) -> int:
+        return tp_rank + tp_size * (dp_rank + dp_size * pp_rank)
+
+    @classmethod
+    def create(cls, tp_size: int, pp_size: int, device: torch.device, backend: str) -> "ParallelState":
+        """Build all groups. `torch.distributed` must already be initialised."""
+        world_size = dist.get_world_size()
+        rank = dist.get_rank()
+        if world_size % (tp_size * pp_size) != 0:
+            raise ValueError(
+                f"world size {world_size} is not divisible by tensor-model-parallel-size {tp_size} "
+                f"x pipeline-model-parallel-size {pp_size}"
+            )
+        dp_size = world_size // (tp_size * pp_size)
+        state = cls(world_size, rank, tp_size, pp_size, dp_size, device, backend)
+        g = lambda t, d, p: cls.global_rank(t, d, p, tp_size, dp_size)  # noqa: E731
+
+        for p in range(pp_size):
+            for d in range(dp_size):
+                ranks = [g(t, d, p) for t in range(tp_size)]
+                group = _new_group(ranks)
+                if rank in ranks:
+                    state.tp_group = group
+        for p in range(pp_size):
+            for t in range(tp_size):
+                ranks = [g(t, d, p) for d in range(dp_size)]
+                group = _new_group(ranks)
+                if rank in ranks:
+                    state.dp_group = group
+        for d in range(dp_size):
+            for t in range(tp_size):
+                ranks = [g(t, d, p) for p in range(pp_size)]
+                group = _new_group(ranks)
+                if rank in ranks:
+                    state.pp_group, state.pp_ranks = group, ranks
+                embedding = [ranks[0], ranks[-1]] if pp_size > 1 else [ranks[0]]
+                egroup = _new_group(embedding)
+                if rank in embedding:
+                    state.embedding_group, state.embedding_ranks = egroup, embedding
+        for d in range(dp_size):
+            ranks = [g(t, d, p) for p in range(pp_size) for t in range(tp_size)]
+            group = _new_group(ranks)
+            if rank in ranks:
+                state.model_parallel_group = group
+        return state
+
+
+def _new_group(ranks: list[int]) -> dist.ProcessGroup | None:
+    """A group for `ranks`; None for a single rank (collectives on it are skipped)."""
+    if len(ranks) == 1:
+        # new_group must still be called collectively only when it creates something;
+        # single-rank groups are never created, on any rank, so the call order stays aligned.
+        return None
+    return dist.new_group(ranks)
