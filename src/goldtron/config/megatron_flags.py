@@ -1,0 +1,188 @@
+"""Megatron flags goldtron knows but does not implement as Megatron does.
+
+Two tables, the one place these decisions live (docs/flags.md is rendered from them):
+
+- NO_EFFECT_FLAGS: accepted and ignored, because on goldtron they cannot change what is
+  computed (a kernel or I/O choice, or a behaviour that is always on here). Each has its reason.
+- UNIMPLEMENTED_FLAGS: Megatron features goldtron does not have. Passing one is a ConfigError
+  naming it, so a test case never silently runs something other than what it asked for.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+@dataclass(frozen=True)
+class NoEffectFlag:
+    flag: str
+    reason: str
+    # None: a bare switch. Otherwise the flag takes one value of this type (and choices).
+    value_type: type | None = None
+    choices: tuple[str, ...] | None = None
+
+
+NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
+    NoEffectFlag(
+        "--use-mcore-models",
+        "goldtron has one GPT implementation, written to Megatron-Core's semantics; there is no legacy model to choose.",
+    ),
+    NoEffectFlag(
+        "--use-cpu-initialization",
+        "always on: every full weight is made from the seed and then sharded, so weights do not depend on TP/PP.",
+    ),
+    NoEffectFlag(
+        "--use-persistent-ckpt-worker",
+        "selects Megatron's async-save worker process; goldtron's --async-save has its own background writer.",
+    ),
+    NoEffectFlag(
+        "--num-workers",
+        "DataLoader worker processes; goldtron builds batches in the training process (same samples either way).",
+        value_type=int,
+    ),
+    NoEffectFlag(
+        "--no-masked-softmax-fusion",
+        "goldtron has no fused masked-softmax kernel; attention always uses plain PyTorch ops.",
+    ),
+    NoEffectFlag(
+        "--no-bias-gelu-fusion",
+        "goldtron has no fused bias+GeLU kernel; bias add and GeLU are always separate ops.",
+    ),
+    NoEffectFlag(
+        "--no-bias-dropout-fusion",
+        "goldtron has no fused bias+dropout+add kernel; the ops are always separate.",
+    ),
+    NoEffectFlag(
+        "--no-gradient-accumulation-fusion",
+        "goldtron has no fused wgrad-into-main-grad kernel; gradients are always accumulated in fp32 by autograd.",
+    ),
+    NoEffectFlag(
+        "--no-persist-layer-norm",
+        "goldtron has no persistent LayerNorm kernel; LayerNorm is torch.nn.functional.layer_norm.",
+    ),
+    NoEffectFlag(
+        "--no-async-tensor-model-parallel-allreduce",
+        "goldtron's tensor-parallel all-reduces are synchronous; there is nothing to turn off.",
+    ),
+    NoEffectFlag(
+        "--accumulate-allreduce-grads-in-fp32",
+        "always on: gradients are kept and all-reduced in fp32 (also with --bf16).",
+    ),
+    NoEffectFlag(
+        "--attention-backend",
+        "chooses Megatron's attention kernel (flash, fused, unfused...); goldtron has one attention in plain "
+        "PyTorch ops, so results match Megatron's kernels to rounding, not bit for bit.",
+        value_type=str,
+        choices=("flash", "fused", "unfused", "local", "auto"),
+    ),
+    NoEffectFlag(
+        "--no-mmap-bin-files",
+        "how the .bin token file is read (mmap or not); the tokens and samples are the same either way.",
+    ),
+    NoEffectFlag(
+        "--ckpt-fully-parallel-save",
+        "how Megatron spreads the writing of replicated tensors; each goldtron rank writes its own shards, same checkpoint content.",
+    ),
+    NoEffectFlag(
+        "--no-ckpt-fully-parallel-save",
+        "see --ckpt-fully-parallel-save: a write-scheduling choice, same checkpoint content.",
+    ),
+    NoEffectFlag(
+        "--ckpt-fully-parallel-load",
+        "how Megatron spreads the reading of replicated tensors; loading gives the same tensors either way.",
+    ),
+    NoEffectFlag(
+        "--ckpt-assume-constant-structure",
+        "a Megatron save-plan caching optimisation; the checkpoint written is the same.",
+    ),
+    NoEffectFlag(
+        "--dist-ckpt-optim-fully-reshardable",
+        "always true here: goldtron's optimizer state is saved per parameter with global shapes, so it reshards to any TP/PP.",
+    ),
+    NoEffectFlag(
+        "--empty-unused-memory-level",
+        "frees the CUDA caching allocator between phases; no effect on results (and none on CPU).",
+        value_type=int,
+    ),
+    NoEffectFlag(
+        "--no-log-loss-scale-to-tensorboard",
+        "goldtron has no loss scale (fp16 is not implemented), so there is nothing to log.",
+    ),
+)
+
+
+# Megatron flag -> what it does there. Passing any of these is a ConfigError.
+UNIMPLEMENTED_FLAGS: dict[str, str] = {
+    "--num-layers-per-virtual-pipeline-stage": "interleaved (virtual) pipeline schedule",
+    "--num-virtual-stages-per-pipeline-rank": "interleaved (virtual) pipeline schedule",
+    "--microbatch-group-size-per-virtual-pipeline-stage": "interleaved (virtual) pipeline schedule",
+    "--overlap-p2p-communication": "interleaved pipeline p2p overlap",
+    "--overlap-p2p-communication-warmup-flush": "interleaved pipeline p2p overlap",
+    "--decoder-first-pipeline-num-layers": "uneven pipeline split",
+    "--decoder-last-pipeline-num-layers": "uneven pipeline split",
+    "--account-for-embedding-in-pipeline-split": "uneven pipeline split",
+    "--account-for-loss-in-pipeline-split": "uneven pipeline split",
+    "--context-parallel-size": "context parallelism",
+    "--cp-comm-type": "context parallelism",
+    "--hierarchical-context-parallel-sizes": "context parallelism",
+    "--expert-model-parallel-size": "mixture of experts",
+    "--expert-tensor-parallel-size": "mixture of experts",
+    "--num-experts": "mixture of experts",
+    "--use-distributed-optimizer": "distributed (ZeRO-1) optimizer",
+    "--overlap-grad-reduce": "gradient reduce overlapped with backward",
+    "--overlap-param-gather": "parameter all-gather overlapped with forward",
+    "--tp-comm-overlap": "Transformer Engine tensor-parallel communication overlap",
+    "--recompute-granularity": "activation recomputation",
+    "--recompute-method": "activation recomputation",
+    "--recompute-num-layers": "activation recomputation",
+    "--recompute-activations": "activation recomputation",
+    "--swiglu": "SwiGLU MLP",
+    "--squared-relu": "squared-ReLU MLP",
+    "--disable-bias-linear": "linear layers without bias",
+    "--group-query-attention": "grouped-query attention",
+    "--num-query-groups": "grouped-query attention",
+    "--qk-layernorm": "LayerNorm on queries and keys",
+    "--apply-layernorm-1p": "LayerNorm with (1 + weight)",
+    "--apply-query-key-layer-scaling": "query-key layer scaling",
+    "--use-rotary-position-embeddings": "rotary position embeddings",
+    "--rotary-percent": "rotary position embeddings",
+    "--rotary-base": "rotary position embeddings",
+    "--calculate-per-token-loss": "loss averaged over all tokens of the step instead of per micro-batch",
+    "--eod-mask-loss": "masking the loss at end-of-document tokens",
+    "--reset-position-ids": "position ids restarting at each document",
+    "--reset-attention-mask": "attention masked across documents",
+    "--train-samples": "sample-based training length (use --train-iters)",
+    "--lr-warmup-samples": "sample-based LR warmup (use --lr-warmup-iters or --lr-warmup-fraction)",
+    "--lr-decay-samples": "sample-based LR decay (use --lr-decay-iters)",
+    "--lr-warmup-init": "non-zero LR at the start of warmup",
+    "--start-weight-decay": "weight-decay schedule",
+    "--end-weight-decay": "weight-decay schedule",
+    "--weight-decay-incr-style": "weight-decay schedule",
+    "--rampup-batch-size": "batch-size ramp-up",
+    "--loss-scale": "fp16 loss scaling",
+    "--initial-loss-scale": "fp16 loss scaling",
+    "--fp8-format": "FP8 training",
+    "--use-flash-attn": "flash attention kernels",
+    "--check-for-nan-in-loss-and-grad": "NaN checks inside Megatron's gradient buffers",
+    "--wandb-project": "Weights & Biases logging",
+    "--wandb-exp-name": "Weights & Biases logging",
+    "--wandb-save-dir": "Weights & Biases logging",
+}
+
+# Whole Megatron feature families, matched by prefix.
+UNIMPLEMENTED_PREFIXES: dict[str, str] = {
+    "--moe-": "mixture of experts",
+    "--fp8": "FP8 training",
+    "--tp-comm-": "Transformer Engine tensor-parallel communication overlap",
+    "--wandb-": "Weights & Biases logging",
+}
+
+
+def describe_unimplemented(flag: str) -> str | None:
+    """What a known-but-unimplemented Megatron flag does, or None if it is not one."""
+    if flag in UNIMPLEMENTED_FLAGS:
+        return UNIMPLEMENTED_FLAGS[flag]
+    for prefix, feature in UNIMPLEMENTED_PREFIXES.items():
+        if flag.startswith(prefix):
+            return feature
+    return None

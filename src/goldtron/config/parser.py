@@ -1,0 +1,176 @@
+"""The argparse surface of `goldtron train`: Megatron's flag names, meanings and defaults.
+
+Where Megatron accepts more values than goldtron implements (e.g. --position-embedding-type),
+argparse accepts Megatron's full list so that a typo reads as a typo, and validation.py refuses
+the values goldtron lacks with a message saying so. Defaults that depend on the machine
+(--distributed-backend, --torch-threads) are None here and resolved in validation.py, so the
+surface frozen by tests/unit/test_cli_surface.py is the same on every machine.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from goldtron.config.errors import ConfigError
+from goldtron.config.megatron_flags import NO_EFFECT_FLAGS
+
+PROG = "goldtron train"
+
+
+class _RaisingArgumentParser(argparse.ArgumentParser):
+    """argparse exits the process on bad input; we raise so callers (and tests) decide."""
+
+    def error(self, message: str):  # type: ignore[override]
+        raise ConfigError(f"{self.prog}: {message}. See docs/flags.md for the accepted flags.")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    # allow_abbrev=False: Megatron yaml files spell flags in full, and a prefix like
+    # --lr-warmup must not silently mean --lr-warmup-iters.
+    parser = _RaisingArgumentParser(prog=PROG, allow_abbrev=False, description=__doc__)
+    _add_model_flags(parser.add_argument_group("model"))
+    _add_parallel_flags(parser.add_argument_group("parallelism"))
+    _add_training_flags(parser.add_argument_group("training"))
+    _add_logging_flags(parser.add_argument_group("logging"))
+    _add_checkpoint_flags(parser.add_argument_group("checkpointing"))
+    _add_data_flags(parser.add_argument_group("data"))
+    _add_no_effect_flags(parser.add_argument_group("accepted with no effect (see docs/flags.md)"))
+    return parser
+
+
+def _add_model_flags(g) -> None:
+    g.add_argument("--num-layers", type=int, default=None, help="transformer layers (required)")
+    g.add_argument("--hidden-size", type=int, default=None, help="model width (required)")
+    g.add_argument("--ffn-hidden-size", type=int, default=None, help="MLP width; default 4 x hidden")
+    g.add_argument("--num-attention-heads", type=int, default=None, help="attention heads (required)")
+    g.add_argument("--kv-channels", type=int, default=None, help="per-head width; default hidden / heads")
+    g.add_argument("--seq-length", type=int, default=None, help="tokens per sample (required)")
+    g.add_argument("--max-position-embeddings", type=int, default=None,
+                   help="rows of the position embedding, >= --seq-length (required)")
+    g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
+                   help="vocab is padded to a multiple of this x TP")
+    g.add_argument("--vocab-size", type=int, default=None, help="vocab of the NullTokenizer")
+    g.add_argument("--hidden-dropout", type=float, default=0.1)
+    g.add_argument("--attention-dropout", type=float, default=0.1)
+    g.add_argument("--untie-embeddings-and-output-weights", action="store_true",
+                   help="separate output-layer weight instead of the word embedding")
+    g.add_argument("--attention-softmax-in-fp32", action="store_true")
+    g.add_argument("--init-method-std", type=float, default=0.02)
+    g.add_argument("--layernorm-epsilon", type=float, default=1e-5)
+    g.add_argument("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"],
+                   help="only LayerNorm is implemented")
+    g.add_argument("--position-embedding-type", default="learned_absolute",
+                   choices=["learned_absolute", "rope", "mrope", "relative", "none"],
+                   help="only learned_absolute is implemented")
+    g.add_argument("--transformer-impl", default="local", choices=["local", "transformer_engine"],
+                   help="only local is implemented (Megatron's default is transformer_engine)")
+    g.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 main weights/grads/optimizer")
+    g.add_argument("--fp16", action="store_true", help="not implemented")
+    g.add_argument("--sequence-parallel", action="store_true")
+
+
+def _add_parallel_flags(g) -> None:
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    # Free text, checked in validation.py, so an unknown backend gets a message with the fix.
+    g.add_argument("--distributed-backend", default=None,
+                   help="nccl or gloo; default nccl when CUDA is available, else gloo")
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10)
+    g.add_argument("--defer-embedding-wgrad-compute", action="store_true",
+                   help="defer the output layer's weight-gradient GEMMs to the pipeline flush (PP > 1)")
+    g.add_argument("--wgrad-deferral-limit", type=int, default=0,
+                   help="defer only the first N micro-batches; 0 defers all")
+
+
+def _add_training_flags(g) -> None:
+    g.add_argument("--micro-batch-size", type=int, default=None, help="required")
+    g.add_argument("--global-batch-size", type=int, default=None,
+                   help="default micro-batch x data-parallel size")
+    g.add_argument("--train-iters", type=int, default=None, help="required")
+    g.add_argument("--exit-interval", type=int, default=None,
+                   help="exit after the iteration that is a multiple of this")
+    g.add_argument("--seed", type=int, default=1234)
+    g.add_argument("--deterministic-mode", action="store_true")
+    g.add_argument("--lr", type=float, default=None, help="peak learning rate (required)")
+    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--lr-decay-style", default="linear",
+                   choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"],
+                   help="constant, linear or cosine are implemented")
+    g.add_argument("--lr-decay-iters", type=int, default=None, help="default --train-iters")
+    g.add_argument("--lr-warmup-fraction", type=float, default=None,
+                   help="warmup as a fraction of the decay length")
+    g.add_argument("--lr-warmup-iters", type=int, default=0)
+    g.add_argument("--weight-decay", type=float, default=0.01)
+    g.add_argument("--clip-grad", type=float, default=1.0)
+    g.add_argument("--adam-beta1", type=float, default=0.9)
+    g.add_argument("--adam-beta2", type=float, default=0.999)
+    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="only adam is implemented")
+    g.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true",
+                   help="take LR schedule settings from the checkpoint on resume")
+    g.add_argument("--override-opt_param-scheduler", action="store_true",
+                   help="take LR schedule settings from the flags, ignoring the checkpoint")
+    g.add_argument("--torch-threads", type=int, default=None,
+                   help="goldtron only: intra-op threads per rank; default cpu_count // LOCAL_WORLD_SIZE. "
+                        "A different thread count gives different CPU floating-point bits.")
+
+
+def _add_logging_flags(g) -> None:
+    g.add_argument("--log-interval", type=int, default=100)
+    g.add_argument("--tensorboard-dir", default=None)
+    g.add_argument("--tensorboard-log-interval", type=int, default=1)
+    g.add_argument("--log-params-norm", action="store_true")
+    g.add_argument("--log-num-zeros-in-grad", action="store_true")
+    g.add_argument("--log-validation-ppl-to-tensorboard", action="store_true")
+    g.add_argument("--log-timers-to-tensorboard", action="store_true")
+    g.add_argument("--log-memory-to-tensorboard", action="store_true")
+    g.add_argument("--timing-log-level", type=int, default=0, choices=[0, 1, 2])
+    g.add_argument("--log-throughput", action="store_true")
+
+
+def _add_checkpoint_flags(g) -> None:
+    g.add_argument("--save", default=None, help="checkpoint directory to write")
+    g.add_argument("--load", default=None, help="checkpoint directory to resume from")
+    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--ckpt-format", default="torch_dist",
+                   choices=["torch", "torch_dist", "zarr", "torch_dcp", "fsdp_dtensor"],
+                   help="only torch_dist is implemented")
+    g.add_argument("--no-load-optim", action="store_true")
+    g.add_argument("--no-load-rng", action="store_true")
+    g.add_argument("--no-save-optim", action="store_true")
+    g.add_argument("--no-save-rng", action="store_true")
+    g.add_argument("--finetune", action="store_true",
+                   help="load weights only and start from iteration 0")
+    g.add_argument("--dist-ckpt-strictness", default="assume_ok_unexpected",
+                   choices=["assume_ok_unexpected", "log_unexpected", "log_all", "raise_unexpected",
+                            "raise_all", "return_unexpected", "return_all", "ignore_all"])
+    g.add_argument("--async-save", action="store_true")
+    g.add_argument("--exit-on-missing-checkpoint", action="store_true")
+
+
+def _add_data_flags(g) -> None:
+    g.add_argument("--data-path", nargs="+", default=None,
+                   help="one dataset prefix, or weight-prefix pairs: 0.3 A 0.7 B")
+    g.add_argument("--split", default="969,30,1", help="train,validation,test document weights")
+    g.add_argument("--vocab-file", default=None)
+    g.add_argument("--merge-file", default=None)
+    g.add_argument("--tokenizer-type", default=None,
+                   choices=["BertWordPieceLowerCase", "BertWordPieceCase", "GPT2BPETokenizer",
+                            "SentencePieceTokenizer", "GPTSentencePieceTokenizer", "HuggingFaceTokenizer",
+                            "Llama2Tokenizer", "TikTokenizer", "MultimodalTokenizer", "NullTokenizer",
+                            "NullMultimodalTokenizer"],
+                   help="GPT2BPETokenizer or NullTokenizer; default inferred from --vocab-file/--vocab-size")
+    g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--mock-data", action="store_true", help="synthetic data, no files needed")
+    g.add_argument("--eval-interval", type=int, default=1000)
+    g.add_argument("--eval-iters", type=int, default=100)
+
+
+def _add_no_effect_flags(g) -> None:
+    for entry in NO_EFFECT_FLAGS:
+        help_text = f"no effect: {entry.reason}".replace("%", "%%")
+        if entry.value_type is None:
+            g.add_argument(entry.flag, action="store_true", help=help_text)
+        else:
+            g.add_argument(entry.flag, type=entry.value_type, choices=entry.choices, default=None,
+                           help=help_text)

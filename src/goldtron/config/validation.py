@@ -1,0 +1,332 @@
+"""Checks on the parsed flags and the fields derived from them.
+
+Everything here is pure: it reads the namespace, the world size and a few facts about the
+machine passed in by the caller, and either completes the namespace or raises ConfigError.
+No process group is touched, so every rank reaches the same verdict on its own before the
+first collective, and a bad configuration exits on all ranks instead of hanging one of them.
+
+Problems are collected and reported together (one message, one line each), so a user fixes
+a yaml file in one pass; a stage stops early only where later checks need earlier values.
+"""
+
+from __future__ import annotations
+
+import argparse
+import math
+from dataclasses import dataclass
+
+from goldtron.config.errors import ConfigError
+
+SUPPORTED_BACKENDS = ("nccl", "gloo")
+
+
+@dataclass(frozen=True)
+class MachineFacts:
+    """What validation needs to know about the machine, gathered by the caller."""
+
+    cuda_available: bool
+    transformer_engine_installed: bool
+    cpu_count: int
+    local_world_size: int
+
+
+class _Problems:
+    def __init__(self) -> None:
+        self.messages: list[str] = []
+
+    def add(self, message: str) -> None:
+        self.messages.append(message)
+
+    def raise_if_any(self) -> None:
+        if len(self.messages) == 1:
+            raise ConfigError(f"goldtron train: {self.messages[0]}")
+        if self.messages:
+            lines = "\n".join(f"  - {m}" for m in self.messages)
+            raise ConfigError(f"goldtron train: {len(self.messages)} configuration problems:\n{lines}")
+
+
+def validate_and_complete(args: argparse.Namespace, world_size: int, machine: MachineFacts) -> argparse.Namespace:
+    problems = _Problems()
+    if not isinstance(world_size, int) or world_size < 1:
+        problems.add(f"world size {world_size!r} is not a positive integer; check the WORLD_SIZE "
+                     "environment variable (torchrun sets it) or the world_size passed to parse_args.")
+        problems.raise_if_any()
+    args.world_size = world_size
+
+    _refuse_unimplemented_values(args, machine, problems)
+    _require_flags(args, problems)
+    _check_ranges(args, problems)
+    problems.raise_if_any()
+
+    _complete_model_shape(args, problems)
+    _complete_layout_and_batch(args, problems)
+    _complete_backend(args, machine, problems)
+    _check_embedding_wgrad_deferral(args, problems)
+    _complete_lr_schedule(args, problems)
+    _check_checkpointing(args, problems)
+    _complete_data_and_tokenizer(args, problems)
+    _complete_threads(args, machine, problems)
+    problems.raise_if_any()
+
+    args.params_dtype = _params_dtype(args.bf16)
+    return args
+
+
+def _refuse_unimplemented_values(args, machine: MachineFacts, problems: _Problems) -> None:
+    if args.transformer_impl == "transformer_engine":
+        installed = ("is installed here, but goldtron does not use it" if machine.transformer_engine_installed
+                     else "is not installed here")
+        problems.add("--transformer-impl transformer_engine: goldtron implements only its own PyTorch layers "
+                     f"('local'); Transformer Engine {installed}. Use --transformer-impl local "
+                     "(the gate's per-platform overrides do this for Megatron test cases).")
+    if args.fp16:
+        problems.add("--fp16 is not implemented (no loss scaling). Use --bf16, or neither for fp32.")
+    if args.fp16 and args.bf16:
+        problems.add("--fp16 and --bf16 are both set; choose one (goldtron implements --bf16).")
+    unimplemented_values = [
+        ("--normalization", args.normalization, "LayerNorm"),
+        ("--position-embedding-type", args.position_embedding_type, "learned_absolute"),
+        ("--optimizer", args.optimizer, "adam"),
+        ("--ckpt-format", args.ckpt_format, "torch_dist"),
+    ]
+    for flag, value, supported in unimplemented_values:
+        if value != supported:
+            problems.add(f"{flag} {value}: a Megatron option goldtron does not implement; "
+                         f"only {supported} is. Use {flag} {supported} or remove the flag.")
+    if args.lr_decay_style not in ("constant", "linear", "cosine"):
+        problems.add(f"--lr-decay-style {args.lr_decay_style}: a Megatron option goldtron does not implement; "
+                     "use constant, linear or cosine.")
+    if args.tokenizer_type not in (None, "GPT2BPETokenizer", "NullTokenizer"):
+        problems.add(f"--tokenizer-type {args.tokenizer_type}: a Megatron tokenizer goldtron does not implement; "
+                     "use GPT2BPETokenizer (with --vocab-file, --merge-file) or NullTokenizer (with --vocab-size).")
+
+
+_REQUIRED = {
+    "num_layers": "--num-layers N",
+    "hidden_size": "--hidden-size H",
+    "num_attention_heads": "--num-attention-heads A",
+    "seq_length": "--seq-length S",
+    "max_position_embeddings": "--max-position-embeddings P (at least --seq-length)",
+    "micro_batch_size": "--micro-batch-size B",
+    "train_iters": "--train-iters N",
+    "lr": "--lr LR",
+}
+
+
+def _require_flags(args, problems: _Problems) -> None:
+    missing = [usage for dest, usage in _REQUIRED.items() if getattr(args, dest) is None]
+    if missing:
+        problems.add("missing required flag(s): add " + ", ".join(missing) + ".")
+
+
+_POSITIVE_INTS = (
+    "num_layers", "hidden_size", "num_attention_heads", "seq_length", "max_position_embeddings",
+    "micro_batch_size", "global_batch_size", "train_iters", "ffn_hidden_size", "kv_channels",
+    "tensor_model_parallel_size", "pipeline_model_parallel_size", "make_vocab_size_divisible_by",
+    "vocab_size", "exit_interval", "save_interval", "log_interval", "tensorboard_log_interval",
+    "eval_interval", "lr_decay_iters", "distributed_timeout_minutes", "torch_threads",
+)
+_NON_NEGATIVE = ("wgrad_deferral_limit", "lr_warmup_iters", "eval_iters", "lr", "min_lr",
+                 "weight_decay", "clip_grad", "init_method_std")
+
+
+def _flag(dest: str) -> str:
+    return "--" + dest.replace("_", "-").replace("opt-param", "opt_param")
+
+
+def _check_ranges(args, problems: _Problems) -> None:
+    for dest in _POSITIVE_INTS:
+        value = getattr(args, dest)
+        if value is not None and value < 1:
+            problems.add(f"{_flag(dest)} {value}: must be a positive integer.")
+    for dest in _NON_NEGATIVE:
+        value = getattr(args, dest)
+        if value is not None and value < 0:
+            problems.add(f"{_flag(dest)} {value}: must not be negative.")
+    for dest in ("hidden_dropout", "attention_dropout", "lr_warmup_fraction"):
+        value = getattr(args, dest)
+        if value is not None and not 0.0 <= value <= 1.0:
+            problems.add(f"{_flag(dest)} {value}: must be between 0 and 1.")
+    for dest in ("adam_beta1", "adam_beta2"):
+        value = getattr(args, dest)
+        if not 0.0 <= value < 1.0:
+            problems.add(f"{_flag(dest)} {value}: must be in [0, 1).")
+    if args.adam_eps <= 0 or args.layernorm_epsilon <= 0:
+        problems.add("--adam-eps and --layernorm-epsilon must be positive.")
+
+
+def _complete_model_shape(args, problems: _Problems) -> None:
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    if args.num_attention_heads % tp:
+        problems.add(f"--num-attention-heads {args.num_attention_heads} is not divisible by "
+                     f"--tensor-model-parallel-size {tp}: each TP rank needs whole heads. Choose a TP size "
+                     "that divides the head count.")
+    if args.num_layers % pp:
+        problems.add(f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size {pp}: "
+                     "every pipeline stage gets the same number of layers. Choose a PP size that divides it.")
+    if args.kv_channels is None:
+        if args.hidden_size % args.num_attention_heads:
+            problems.add(f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads "
+                         f"{args.num_attention_heads}; change one, or give --kv-channels explicitly.")
+        args.kv_channels = args.hidden_size // args.num_attention_heads
+    if args.ffn_hidden_size is None:
+        args.ffn_hidden_size = 4 * args.hidden_size
+    if args.ffn_hidden_size % tp:
+        problems.add(f"--ffn-hidden-size {args.ffn_hidden_size} is not divisible by --tensor-model-parallel-size "
+                     f"{tp}: the MLP is split column-wise over TP. Choose sizes that divide.")
+    if args.seq_length > args.max_position_embeddings:
+        problems.add(f"--seq-length {args.seq_length} is larger than --max-position-embeddings "
+                     f"{args.max_position_embeddings}: positions past the table have no embedding. "
+                     f"Raise --max-position-embeddings to at least {args.seq_length} or shorten --seq-length.")
+    if args.sequence_parallel and tp == 1:
+        args.sequence_parallel = False  # Megatron does the same: nothing to split over one TP rank.
+    if args.sequence_parallel and args.seq_length % tp:
+        problems.add(f"--sequence-parallel splits the sequence over TP, but --seq-length {args.seq_length} is "
+                     f"not divisible by --tensor-model-parallel-size {tp}.")
+
+
+def _complete_layout_and_batch(args, problems: _Problems) -> None:
+    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
+    model_parallel = tp * pp
+    if args.world_size % model_parallel:
+        problems.add(f"world size {args.world_size} is not TP x PP x DP: it is not divisible by "
+                     f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp} = {model_parallel}. "
+                     f"Launch a multiple of {model_parallel} processes (torchrun --nproc-per-node) or change TP/PP.")
+        return
+    dp = args.world_size // model_parallel
+    args.data_parallel_size = dp
+    per_step = args.micro_batch_size * dp
+    if args.global_batch_size is None:
+        args.global_batch_size = per_step  # Megatron's default: one micro-batch per DP rank
+    if args.global_batch_size % per_step:
+        problems.add(f"--global-batch-size {args.global_batch_size} is not divisible by --micro-batch-size "
+                     f"{args.micro_batch_size} x data-parallel size {dp} = {per_step}. Use a global batch that "
+                     f"is a multiple of {per_step}, or change the micro-batch size or the number of processes.")
+        return
+    args.num_micro_batches = args.global_batch_size // per_step
+
+
+def _complete_backend(args, machine: MachineFacts, problems: _Problems) -> None:
+    if args.distributed_backend is None:
+        args.distributed_backend = "nccl" if machine.cuda_available else "gloo"
+    if args.distributed_backend not in SUPPORTED_BACKENDS:
+        problems.add(f"--distributed-backend {args.distributed_backend}: unknown backend; use nccl (CUDA GPUs) "
+                     "or gloo (CPU).")
+    elif args.distributed_backend == "nccl" and not machine.cuda_available:
+        problems.add("--distributed-backend nccl needs CUDA, and torch finds no CUDA device here. "
+                     "Use --distributed-backend gloo on CPU.")
+
+
+def _check_embedding_wgrad_deferral(args, problems: _Problems) -> None:
+    if args.defer_embedding_wgrad_compute and args.pipeline_model_parallel_size == 1:
+        problems.add("--defer-embedding-wgrad-compute needs --pipeline-model-parallel-size > 1 (as in Megatron): "
+                     "the deferred GEMMs are hidden in the pipeline flush, which PP 1 does not have. "
+                     "Remove the flag or use PP >= 2.")
+
+
+def _complete_lr_schedule(args, problems: _Problems) -> None:
+    """Megatron counts the schedule in samples: iterations x global batch."""
+    if args.min_lr > args.lr:
+        problems.add(f"--min-lr {args.min_lr} is above --lr {args.lr}; the LR decays from --lr down to --min-lr.")
+    if args.lr_decay_iters is None:
+        args.lr_decay_iters = args.train_iters
+    if args.lr_warmup_fraction is not None and args.lr_warmup_iters:
+        problems.add("--lr-warmup-fraction and --lr-warmup-iters are both set; give only one.")
+    if getattr(args, "num_micro_batches", None) is None:
+        return  # the batch is invalid; already reported
+    args.lr_decay_samples = args.lr_decay_iters * args.global_batch_size
+    if args.lr_warmup_fraction is not None:
+        args.lr_warmup_samples = args.lr_warmup_fraction * args.lr_decay_samples
+    else:
+        args.lr_warmup_samples = args.lr_warmup_iters * args.global_batch_size
+    if args.lr_warmup_samples >= args.lr_decay_samples:
+        problems.add(f"LR warmup ({args.lr_warmup_samples} samples) must be shorter than LR decay "
+                     f"({args.lr_decay_samples} samples = --lr-decay-iters {args.lr_decay_iters} x global batch). "
+                     "Lower --lr-warmup-iters / --lr-warmup-fraction or raise --lr-decay-iters.")
+    if args.use_checkpoint_opt_param_scheduler and args.override_opt_param_scheduler:
+        problems.add("--use-checkpoint-opt_param-scheduler and --override-opt_param-scheduler contradict each other "
+                     "(schedule from the checkpoint vs from the flags); give at most one.")
+
+
+def _check_checkpointing(args, problems: _Problems) -> None:
+    if args.save_interval is not None and args.save is None:
+        problems.add(f"--save-interval {args.save_interval} is set but --save is not; add --save DIR "
+                     "or drop --save-interval.")
+
+
+def _complete_data_and_tokenizer(args, problems: _Problems) -> None:
+    # --mock-data wins over --data-path, as in Megatron (the prefix is then not read).
+    if not args.mock_data and not args.data_path:
+        problems.add("no training data: give --data-path PREFIX (or weighted: 0.3 A 0.7 B), or --mock-data.")
+    if args.data_path and len(args.data_path) > 1:
+        _check_weighted_data_path(args.data_path, problems)
+    _check_split(args.split, problems)
+
+    if args.tokenizer_type is None:
+        if args.vocab_file is not None or args.merge_file is not None:
+            args.tokenizer_type = "GPT2BPETokenizer"
+        elif args.vocab_size is not None:
+            args.tokenizer_type = "NullTokenizer"
+    if args.tokenizer_type is None:
+        problems.add("no tokenizer: give --tokenizer-type GPT2BPETokenizer --vocab-file vocab.json --merge-file "
+                     "merges.txt, or --tokenizer-type NullTokenizer --vocab-size V.")
+    elif args.tokenizer_type == "GPT2BPETokenizer" and (args.vocab_file is None or args.merge_file is None):
+        problems.add("--tokenizer-type GPT2BPETokenizer needs both --vocab-file and --merge-file.")
+    elif args.tokenizer_type == "NullTokenizer" and args.vocab_size is None:
+        problems.add("--tokenizer-type NullTokenizer needs --vocab-size V.")
+
+
+def _check_weighted_data_path(data_path: list[str], problems: _Problems) -> None:
+    if len(data_path) % 2:
+        problems.add(f"--data-path {' '.join(data_path)}: with several datasets give weight-prefix pairs "
+                     "(0.3 A 0.7 B); found an odd number of items.")
+        return
+    for weight in data_path[0::2]:
+        try:
+            if float(weight) < 0:
+                raise ValueError
+        except ValueError:
+            problems.add(f"--data-path: {weight!r} is not a non-negative weight; weighted datasets are "
+                         "written as weight-prefix pairs: 0.3 A 0.7 B.")
+
+
+def split_weights(split: str) -> list[float]:
+    """Megatron's --split '949,50,1' (or '949/50/1') as three weights; missing ones are 0."""
+    parts = [p.strip() for p in split.replace("/", ",").split(",")]
+    weights = [float(p) for p in parts]
+    if len(weights) > 3 or any(w < 0 for w in weights) or not any(weights):
+        raise ValueError(split)
+    return weights + [0.0] * (3 - len(weights))
+
+
+def _check_split(split: str, problems: _Problems) -> None:
+    try:
+        split_weights(split)
+    except ValueError:
+        problems.add(f"--split {split!r}: expected up to three non-negative weights such as 949,50,1 "
+                     "(train, validation, test), not all zero.")
+
+
+def _complete_threads(args, machine: MachineFacts, problems: _Problems) -> None:
+    if args.torch_threads is None:
+        if machine.local_world_size < 1:
+            problems.add(f"LOCAL_WORLD_SIZE {machine.local_world_size} is not a positive integer; "
+                         "fix the environment or pass --torch-threads N.")
+            return
+        args.torch_threads = max(1, machine.cpu_count // machine.local_world_size)
+
+
+def _params_dtype(bf16: bool):
+    import torch  # imported here so building the parser (e.g. for --help) stays cheap
+
+    return torch.bfloat16 if bf16 else torch.float32
+
+
+def padded_vocab_size(vocab_size: int, make_vocab_size_divisible_by: int, tp_size: int) -> int:
+    """Megatron's padding: the smallest multiple of (divisible_by x TP) that holds the vocab."""
+    for name, value in (("vocab_size", vocab_size), ("make_vocab_size_divisible_by", make_vocab_size_divisible_by),
+                        ("tp_size", tp_size)):
+        if not isinstance(value, int) or value < 1:
+            raise ConfigError(f"padded_vocab_size: {name} must be a positive integer, got {value!r}.")
+    multiple = make_vocab_size_divisible_by * tp_size
+    return math.ceil(vocab_size / multiple) * multiple
