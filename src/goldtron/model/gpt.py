@@ -1,0 +1,97 @@
+"""One pipeline stage of a GPT: embedding (first stage), its share of the layers, and the final
+LayerNorm + LM head (last stage). With one stage it is the whole model.
+
+Layers are named by their *global* index (`decoder.layers.7...`), so names, initial weights and
+checkpoint keys do not depend on how the model is cut into stages.
+"""
+
+from __future__ import annotations
+
+from argparse import Namespace
+
+import torch
+from torch import nn
+
+from goldtron.model.embedding import Embedding, full_word_embedding
+from goldtron.model.init import normal_full
+from goldtron.model.layer_norm import LayerNorm
+from goldtron.model.output_layer import OutputLayer
+from goldtron.model.transformer import TransformerLayer
+from goldtron.parallel.cross_entropy import vocab_parallel_cross_entropy
+from goldtron.parallel.random import DropoutRNG
+from goldtron.parallel.state import ParallelState
+from goldtron.parallel.tensor_parallel import vocab_parallel_weight, vocab_range
+
+OUTPUT_WEIGHT_NAME = "output_layer.weight"
+
+
+def stage_layer_indices(num_layers: int, pp_size: int, pp_rank: int) -> range:
+    per_stage = num_layers // pp_size
+    return range(pp_rank * per_stage, (pp_rank + 1) * per_stage)
+
+
+class Decoder(nn.Module):
+    def __init__(self, args: Namespace, ps: ParallelState, rng: DropoutRNG):
+        super().__init__()
+        self.layers = nn.ModuleDict({
+            str(i): TransformerLayer(args, ps, f"decoder.layers.{i}", rng)
+            for i in stage_layer_indices(args.num_layers, ps.pp_size, ps.pp_rank)
+        })
+        self.final_layernorm = LayerNorm(args.hidden_size, args.layernorm_epsilon, ps.device) if ps.is_last_stage else None
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        for layer in self.layers.values():
+            x = layer(x)
+        return x if self.final_layernorm is None else self.final_layernorm(x)
+
+
+class GPTStage(nn.Module):
+    def __init__(self, args: Namespace, ps: ParallelState, rng: DropoutRNG):
+        super().__init__()
+        self.ps = ps
+        self.tied = not args.untie_embeddings_and_output_weights
+        self.embedding = Embedding(args, ps, rng) if ps.is_first_stage else None
+        self.decoder = Decoder(args, ps, rng)
+        self.output_layer = None
+        if ps.is_last_stage:
+            self.vocab_start, _, _ = vocab_range(args.padded_vocab_size, args.real_vocab_size, ps)
+            defer_limit = args.wgrad_deferral_limit if args.defer_embedding_wgrad_compute else None
+            self.output_layer = OutputLayer(self._output_weight(args, ps), ps, args.params_dtype, defer_limit)
+
+    def _output_weight(self, args: Namespace, ps: ParallelState) -> nn.Parameter:
+        if self.tied and self.embedding is not None:
+            return self.embedding.word_embeddings.weight  # one stage: one shared Parameter
+        # Untied: its own weight. Tied across stages: a copy of the word embedding on the last
+        # stage, built from the same seed and name, so it starts equal without a collective;
+        # the embedding group keeps the gradients (and so the updates) equal.
+        if self.tied:
+            full = full_word_embedding(args)
+        else:
+            full = normal_full(args.seed, OUTPUT_WEIGHT_NAME, (args.real_vocab_size, args.hidden_size), args.init_method_std)
+        weight = vocab_parallel_weight(full, args.padded_vocab_size, ps)
+        weight.is_embedding_copy = self.tied
+        return weight
+
+    def shared_embedding_weight(self) -> nn.Parameter | None:
+        """The parameter whose gradient is summed over the embedding group (PP > 1, tied)."""
+        if not self.tied or self.ps.pp_size == 1:
+            return None
+        if self.embedding is not None:
+            return self.embedding.word_embeddings.weight
+        return self.output_layer.weight
+
+    def forward(self, stage_input: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
+        """First stage: token ids -> hidden; other stages: hidden -> hidden. Last stage: returns
+        the hidden after the final LayerNorm; call `loss` with it."""
+        x = self.embedding(stage_input, position_ids) if self.embedding is not None else stage_input
+        return self.decoder(x)
+
+    def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+        """Per-token fp32 loss [b, s] from the last stage's hidden."""
+        logits = self.output_layer(hidden)
+        return vocab_parallel_cross_entropy(logits, labels, self.vocab_start, self.ps.tp_group)
+
+    def drain_deferred_wgrads(self) -> None:
+        if self.output_layer is not None:
+            self.output_layer.drain_deferred_wgrads()
+

@@ -1,0 +1,75 @@
+"""After the last backward of a step: make gradients final, then measure and clip them.
+
+Order as Megatron: DP all-reduce (mean), then the embedding-group all-reduce (the tied word
+embedding and its last-stage copy get the summed gradient), then the global norm and clipping.
+
+What counts in norms and num-zeros (each element exactly once across the model-parallel group):
+- TP-sharded tensors on every TP rank; TP-replicated tensors (LayerNorms, row-parallel biases,
+  position embeddings) only on TP rank 0;
+- the last stage's copy of the tied embedding never (the first stage counts it);
+- vocab-sharded weights over their real rows only (padding is not part of the model).
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.distributed as dist
+
+from goldtron.parallel.collectives import all_reduce_, all_reduce_flat_
+from goldtron.parallel.state import ParallelState
+
+
+def counted_views(params: list[torch.nn.Parameter], ps: ParallelState, use_grad: bool) -> list[torch.Tensor]:
+    out = []
+    for p in params:
+        if getattr(p, "is_embedding_copy", False):
+            continue
+        if p.tensor_parallel_dim is None and ps.tp_rank != 0:
+            continue
+        t = p.grad if use_grad else p.detach()
+        if t is None:
+            continue
+        real = getattr(p, "real_rows", None)
+        out.append(t if real is None else t[:real])
+    return out
+
+
+def reduce_gradients(params: list[torch.nn.Parameter], ps: ParallelState, shared_embedding) -> None:
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+    if ps.dp_size > 1:
+        grads = [p.grad for p in params]
+        all_reduce_flat_(grads, ps.dp_group)
+        for g in grads:
+            g.div_(ps.dp_size)
+    if shared_embedding is not None:
+        all_reduce_(shared_embedding.grad, ps.embedding_group)
+
+
+def global_norm(views: list[torch.Tensor], ps: ParallelState) -> float:
+    local = torch.zeros(1, dtype=torch.float64, device=ps.device)
+    for v in views:
+        # float64 accumulation: the layout changes the summation order, and fp32 would show it.
+        local += torch.linalg.vector_norm(v, 2, dtype=torch.float64) ** 2
+    all_reduce_(local, ps.model_parallel_group)
+    return math.sqrt(float(local))
+
+
+def count_zeros(views: list[torch.Tensor], ps: ParallelState) -> int:
+    local = torch.zeros(1, dtype=torch.float64, device=ps.device)
+    for v in views:
+        local += (v == 0).sum()
+    all_reduce_(local, ps.model_parallel_group)
+    return int(local)
+
+
+def clip_gradients_(params: list[torch.nn.Parameter], grad_norm: float, max_norm: float) -> None:
+    if max_norm <= 0:
+        return
+    coeff = max_norm / (grad_norm + 1.0e-6)
+    if coeff < 1.0:
+        for p in params:
+            p.grad.mul_(coeff)

@@ -1,0 +1,58 @@
+"""What a step reports: Megatron's stdout line and Megatron's TensorBoard tags (last rank only)."""
+
+from __future__ import annotations
+
+import datetime
+import sys
+
+TB_TAGS = ("lm loss", "learning-rate", "batch-size", "grad-norm", "num-zeros", "params-norm", "iteration-time",
+           "mem-allocated-bytes", "mem-max-allocated-bytes", "lm loss validation", "lm loss validation ppl")
+
+
+def megatron_log_line(iteration: int, train_iters: int, values: dict) -> str:
+    """One line in Megatron's format (tools that parse Megatron logs parse this too)."""
+    now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
+    parts = [f" [{now}] iteration {iteration:8d}/{train_iters:8d} |",
+             f" consumed samples: {values['consumed_samples']:12d} |",
+             f" elapsed time per iteration (ms): {values['iteration_time'] * 1000.0:.1f} |",
+             f" learning rate: {values['learning_rate']:.6E} |",
+             f" global batch size: {values['batch_size']:5d} |",
+             f" lm loss: {values['lm_loss']:.6E} |",
+             " loss scale: 1.0 |",
+             f" grad norm: {values['grad_norm']:.3f} |"]
+    if values.get("num_zeros") is not None:
+        parts.append(f" num zeros: {float(values['num_zeros']):.1f} |")
+    if values.get("params_norm") is not None:
+        parts.append(f" params norm: {values['params_norm']:.3f} |")
+    parts.append(" number of skipped iterations:   0 |")
+    parts.append(" number of nan iterations:   0 |")
+    return "".join(parts)
+
+
+class TensorBoardLog:
+    """A SummaryWriter on the logging rank; a no-op everywhere else or without --tensorboard-dir."""
+
+    def __init__(self, directory: str | None, enabled: bool):
+        self.writer = None
+        if directory and enabled:
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.writer = SummaryWriter(log_dir=directory, max_queue=1000)
+
+    def scalar(self, tag: str, value: float, step: int) -> None:
+        if self.writer is not None:
+            self.writer.add_scalar(tag, value, step)
+
+    def flush(self) -> None:
+        if self.writer is not None:
+            self.writer.flush()
+
+    def close(self) -> None:
+        if self.writer is not None:
+            self.writer.close()
+
+
+def print_rank(line: str, enabled: bool) -> None:
+    if enabled:
+        print(line, flush=True)
+        sys.stdout.flush()

@@ -1,0 +1,189 @@
+"""The training loop: one step = schedule (forward/backward over micro-batches), drain deferred
+weight-gradients, reduce gradients, norms and clipping, optimizer, LR schedule, report."""
+
+from __future__ import annotations
+
+import math
+import time
+from argparse import Namespace
+
+import torch
+import torch.distributed as dist
+
+from goldtron.data.sampler import collate, micro_batch_sample_indices
+from goldtron.parallel.collectives import all_reduce_
+from goldtron.parallel.schedule import MicroBatch, Schedule, StepLoss
+from goldtron.parallel.state import ParallelState
+from goldtron.parallel.trace import KINDS, StepTrace
+from goldtron.training import grads
+from goldtron.training.logging import TensorBoardLog, megatron_log_line, print_rank
+from goldtron.training.lr_schedule import LRSchedule
+from goldtron.training.memory import MemoryStats
+from goldtron.training.optimizer import set_learning_rate
+
+
+class Trainer:
+    def __init__(self, args: Namespace, ps: ParallelState, model, optimizer, lr_schedule: LRSchedule,
+                 schedule: Schedule, train_ds, valid_ds, memory: MemoryStats, checkpointer=None):
+        self.args = args
+        self.ps = ps
+        self.model = model
+        self.optimizer = optimizer
+        self.lr_schedule = lr_schedule
+        self.schedule = schedule
+        self.train_ds = train_ds
+        self.valid_ds = valid_ds
+        self.memory = memory
+        self.checkpointer = checkpointer
+        self.params = [p for p in model.parameters()]
+        self.iteration = 0
+        self.consumed_samples = 0
+        self.tb = TensorBoardLog(args.tensorboard_dir, ps.is_logging_rank)
+        self.history: list[dict] = []  # per-step values this process saw (tests read them)
+        self.traces: list[StepTrace] = []
+
+    # ---- data ------------------------------------------------------------------------------
+    def _micro_batches(self, dataset, first_sample: int) -> list[MicroBatch]:
+        a = self.args
+        batches = []
+        for indices in micro_batch_sample_indices(first_sample, a.micro_batch_size, self.ps.dp_size, self.ps.dp_rank,
+                                                  a.num_micro_batches):
+            tokens, labels, loss_mask, position_ids = collate([dataset[i] for i in indices])
+            dev = self.ps.device
+            batches.append(MicroBatch(tokens.to(dev), labels.to(dev), loss_mask.to(dev), position_ids.to(dev)))
+        return batches
+
+    # ---- one step --------------------------------------------------------------------------
+    def train_step(self) -> dict:
+        a, ps = self.args, self.ps
+        trace = StepTrace(start=time.perf_counter())
+        self.schedule.trace = trace
+        self.model.train()
+        micro_batches = self._micro_batches(self.train_ds, self.consumed_samples)
+        lr = self.lr_schedule.lr()
+        set_learning_rate(self.optimizer, lr)
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.model.output_layer is not None and self.model.output_layer.deferred is not None:
+            self.model.output_layer.deferred.start_step()
+
+        step_loss = self.schedule.train_step(micro_batches)
+        self.schedule.drain_deferred_wgrads()
+
+        with trace.span("grad-reduce"):
+            grads.reduce_gradients(self.params, ps, self.model.shared_embedding_weight())
+            grad_views = grads.counted_views(self.params, ps, use_grad=True)
+            grad_norm = grads.global_norm(grad_views, ps)
+            num_zeros = grads.count_zeros(grad_views, ps) if a.log_num_zeros_in_grad else None
+            grads.clip_gradients_(self.params, grad_norm, a.clip_grad)
+        with trace.span("optimizer"):
+            self.optimizer.step()
+        self.lr_schedule.step(a.global_batch_size)
+        self.iteration += 1
+        self.consumed_samples += a.global_batch_size
+
+        params_norm = grads.global_norm(grads.counted_views(self.params, ps, use_grad=False), ps) \
+            if a.log_params_norm else None
+        lm_loss = self._reduce_loss(step_loss)
+        trace.end = time.perf_counter()
+        self.traces.append(trace)
+        return {
+            "lm_loss": lm_loss, "grad_norm": grad_norm, "num_zeros": num_zeros, "params_norm": params_norm,
+            # Megatron logs the learning rate after the scheduler's increment.
+            "learning_rate": self.lr_schedule.lr(), "lr_used": lr,
+            "iteration_time": trace.end - trace.start, "batch_size": a.global_batch_size,
+            "consumed_samples": self.consumed_samples,
+        }
+
+    def _reduce_loss(self, step_loss: StepLoss) -> float:
+        """Token-weighted mean over the step's micro-batches and DP ranks (last stage has it)."""
+        pair = torch.tensor([step_loss.loss_sum, step_loss.num_tokens], dtype=torch.float64, device=self.ps.device)
+        if self.ps.is_last_stage:
+            all_reduce_(pair, self.ps.dp_group)
+        return float(pair[0] / pair[1]) if pair[1] > 0 else float("nan")
+
+    # ---- evaluation ------------------------------------------------------------------------
+    def evaluate(self) -> float | None:
+        a = self.args
+        if self.valid_ds is None or a.eval_iters <= 0:
+            return None
+        self.model.eval()
+        total = StepLoss()
+        eval_round = max(0, self.iteration // a.eval_interval - 1) if a.eval_interval else 0
+        first = eval_round * a.eval_iters * a.global_batch_size
+        for k in range(a.eval_iters):
+            loss = self.schedule.forward_only(self._micro_batches(self.valid_ds, first + k * a.global_batch_size))
+            total.loss_sum += loss.loss_sum
+            total.num_tokens += loss.num_tokens
+        self.model.train()
+        return self._reduce_loss(total)
+
+    def _report_eval(self, where: str) -> None:
+        loss = self.evaluate()
+        if loss is None or not self.ps.is_logging_rank:
+            return
+        ppl = math.exp(min(20.0, loss))
+        self.tb.scalar("lm loss validation", loss, self.iteration)
+        if self.args.log_validation_ppl_to_tensorboard:
+            self.tb.scalar("lm loss validation ppl", ppl, self.iteration)
+        line = f" validation loss at {where} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} |"
+        bar = "-" * (len(line) + 1)
+        print_rank(f"{bar}\n{line}\n{bar}", True)
+
+    # ---- reporting -------------------------------------------------------------------------
+    def _timer_totals_all_ranks(self, trace: StepTrace) -> torch.Tensor:
+        """[world, kinds+1] seconds per rank and kind, gathered to every rank (one collective)."""
+        totals = trace.totals()
+        local = torch.tensor([totals[k] for k in (*KINDS, "idle")], dtype=torch.float64, device=self.ps.device)
+        if self.ps.world_size == 1:
+            return local.unsqueeze(0)
+        gathered = [torch.empty_like(local) for _ in range(self.ps.world_size)]
+        dist.all_gather(gathered, local)
+        return torch.stack(gathered)
+
+    def _report(self, values: dict, first_of_run: bool) -> None:
+        a, it = self.args, self.iteration
+        timers = self._timer_totals_all_ranks(self.traces[-1]) if a.log_timers_to_tensorboard else None
+        values["mem_allocated"] = self.memory.allocated()
+        values["mem_max_allocated"] = self.memory.max_allocated()
+        self.history.append(dict(values, iteration=it))
+        if not self.ps.is_logging_rank:
+            return
+        tb = self.tb
+        tb.scalar("lm loss", values["lm_loss"], it)
+        tb.scalar("learning-rate", values["learning_rate"], it)
+        tb.scalar("batch-size", values["batch_size"], it)
+        tb.scalar("grad-norm", values["grad_norm"], it)
+        if values["num_zeros"] is not None:
+            tb.scalar("num-zeros", values["num_zeros"], it)
+        if values["params_norm"] is not None:
+            tb.scalar("params-norm", values["params_norm"], it)
+        if a.log_memory_to_tensorboard:
+            tb.scalar("mem-allocated-bytes", values["mem_allocated"], it)
+            tb.scalar("mem-max-allocated-bytes", values["mem_max_allocated"], it)
+        if timers is not None:
+            if not first_of_run:  # Megatron: no iteration-time for a run's first iteration
+                tb.scalar("iteration-time", values["iteration_time"], it)
+            for r in range(timers.shape[0]):
+                for k, kind in enumerate((*KINDS, "idle")):
+                    tb.scalar(f"pipeline-timers/rank{r}/{kind}", float(timers[r, k]), it)
+        if it % a.log_interval == 0 or it == a.train_iters:
+            print_rank(megatron_log_line(it, a.train_iters, values), True)
+
+    # ---- the run ---------------------------------------------------------------------------
+    def train(self) -> None:
+        a = self.args
+        first = True
+        end = a.train_iters if a.exit_interval is None else min(a.train_iters, a.exit_interval)
+        while self.iteration < end:
+            values = self.train_step()
+            self._report(values, first)
+            first = False
+            if a.eval_interval and self.iteration % a.eval_interval == 0 and self.iteration < a.train_iters:
+                self._report_eval(f"iteration {self.iteration}")
+            if self.checkpointer is not None:
+                self.checkpointer.after_step(self)
+        if a.eval_iters > 0 and self.iteration >= a.train_iters:
+            self._report_eval("the end of training for val data")
+        if self.checkpointer is not None:
+            self.checkpointer.at_end(self)
+        self.tb.flush()

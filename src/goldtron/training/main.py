@@ -1,0 +1,116 @@
+"""`goldtron train`: one rank of a run (torchrun starts one per process; alone it is a 1-rank run).
+
+Order matters for "no hang on bad input": flags are validated on every rank before any
+collective, so a bad flag makes every rank exit with the same message and code 2.
+"""
+
+from __future__ import annotations
+
+import gc
+import os
+import random
+import sys
+from datetime import timedelta
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from goldtron.arguments import ConfigError, padded_vocab_size, parse_args
+
+EXIT_CONFIG_ERROR = 2
+
+
+def _init_distributed(args) -> torch.device:
+    if args.distributed_backend == "nccl":
+        local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        torch.cuda.set_device(local_rank)
+        device = torch.device("cuda", local_rank)
+    else:
+        device = torch.device("cpu")
+    timeout = timedelta(minutes=args.distributed_timeout_minutes)
+    if "RANK" in os.environ and "WORLD_SIZE" in os.environ:
+        dist.init_process_group(args.distributed_backend, timeout=timeout,
+                                device_id=device if device.type == "cuda" else None)
+    else:
+        # Started alone: a one-rank group in memory (no port to pick, nothing to clash).
+        dist.init_process_group(args.distributed_backend, store=dist.HashStore(), rank=0, world_size=1,
+                                timeout=timeout)
+    return device
+
+
+def _seed_everything(args, pp_rank: int) -> None:
+    # Megatron: seed + 100 * pp_rank for the default generators.
+    seed = args.seed + 100 * pp_rank
+    random.seed(seed)
+    np.random.seed(seed)
+    torch.manual_seed(seed)
+
+
+def build_and_train(args) -> None:
+    # Imported here so `goldtron train --help`-style failures stay cheap.
+    from goldtron.data.provider import build_datasets, build_tokenizer
+    from goldtron.model.gpt import GPTStage
+    from goldtron.parallel.p2p import PipelineP2P
+    from goldtron.parallel.random import DropoutRNG
+    from goldtron.parallel.schedule import Schedule
+    from goldtron.parallel.state import ParallelState
+    from goldtron.training.checkpointing import build_checkpointer
+    from goldtron.training.loop import Trainer
+    from goldtron.training.lr_schedule import LRSchedule
+    from goldtron.training.memory import MemoryStats
+    from goldtron.training.optimizer import build_optimizer
+
+    torch.set_num_threads(args.torch_threads)
+    if args.deterministic_mode:
+        torch.use_deterministic_algorithms(True)
+    device = _init_distributed(args)
+    ps = ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, device,
+                              args.distributed_backend)
+    _seed_everything(args, ps.pp_rank)
+
+    tokenizer = build_tokenizer(args)
+    args.real_vocab_size = tokenizer.vocab_size
+    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, ps.tp_size)
+    gb = args.global_batch_size
+    eval_rounds = (args.train_iters // args.eval_interval + 1) if args.eval_interval else 1
+    train_ds, valid_ds, _ = build_datasets(
+        args, tokenizer, args.train_iters * gb, eval_rounds * args.eval_iters * gb, args.eval_iters * gb,
+        is_builder_rank=ps.rank == 0, barrier=dist.barrier,
+    )
+
+    memory = MemoryStats(device, enabled=args.log_memory_to_tensorboard)
+    rng = DropoutRNG(args.seed, ps.pp_rank, ps.tp_rank, device)
+    model = GPTStage(args, ps, rng)
+    optimizer = build_optimizer(model, args)
+    lr_schedule = LRSchedule(args.lr, args.min_lr, args.lr_warmup_samples, args.lr_decay_samples,
+                             args.lr_decay_style)
+    p2p = PipelineP2P(ps, (args.micro_batch_size, args.seq_length, args.hidden_size), args.params_dtype)
+    trainer = Trainer(args, ps, model, optimizer, lr_schedule, Schedule(model, ps, p2p), train_ds, valid_ds, memory)
+    trainer.checkpointer = build_checkpointer(args, ps, trainer, rng)
+    if memory.cpu_counter is not None:
+        memory.cpu_counter.track_existing(model.parameters())
+    try:
+        with memory:
+            if trainer.checkpointer is not None:
+                trainer.checkpointer.load(trainer)
+            trainer.train()
+    finally:
+        trainer.tb.close()
+        if trainer.checkpointer is not None:
+            trainer.checkpointer.close()
+        # torch can abort at exit if process-group-bound objects outlive the group: free first.
+        del trainer, model, optimizer
+        gc.collect()
+        dist.destroy_process_group()
+
+
+def main(argv: list[str]) -> int:
+    try:
+        args = parse_args(argv, world_size=int(os.environ.get("WORLD_SIZE", "1")))
+    except ConfigError as error:
+        rank = os.environ.get("RANK", "0")
+        print(f"goldtron train: error (rank {rank}): {error}", file=sys.stderr, flush=True)
+        return EXIT_CONFIG_ERROR
+    build_and_train(args)
+    return 0

@@ -1,0 +1,80 @@
+"""Allocated-bytes accounting: torch.cuda's counters on GPUs, an exact storage counter on CPUs.
+
+torch has no CPU allocator statistics, and RSS is noisy. `CpuAllocationCounter` is a
+TorchDispatchMode that sees every op's outputs: each storage seen for the first time adds its
+bytes, and a finalizer on the storage subtracts them when it is freed (torch keeps one Python
+object per live storage, so the finalizer fires exactly at the free). The result is the same
+number on every run: a metric the gate can hold to a golden value.
+"""
+
+from __future__ import annotations
+
+import weakref
+
+import torch
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
+
+
+class CpuAllocationCounter(TorchDispatchMode):
+    def __init__(self):
+        super().__init__()
+        self.allocated = 0
+        self.peak = 0
+        self._live: set[int] = set()
+
+    def _free(self, key: int, nbytes: int) -> None:
+        if key in self._live:
+            self._live.discard(key)
+            self.allocated -= nbytes
+
+    def track(self, t: torch.Tensor) -> None:
+        storage = t.untyped_storage()
+        key = id(storage)
+        if key in self._live:
+            return
+        nbytes = storage.nbytes()
+        self._live.add(key)
+        self.allocated += nbytes
+        self.peak = max(self.peak, self.allocated)
+        weakref.finalize(storage, self._free, key, nbytes)
+
+    def track_existing(self, tensors) -> None:
+        """Count tensors made before the counter started (parameters, optimizer state)."""
+        for t in tensors:
+            if isinstance(t, torch.Tensor):
+                self.track(t)
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        for t in tree_flatten(out)[0]:
+            if isinstance(t, torch.Tensor) and not t.is_meta:
+                self.track(t)
+        return out
+
+
+class MemoryStats:
+    """allocated / max-allocated bytes for this rank, whatever the device."""
+
+    def __init__(self, device: torch.device, enabled: bool):
+        self.device = device
+        self.cpu_counter = CpuAllocationCounter() if enabled and device.type == "cpu" else None
+
+    def __enter__(self):
+        if self.cpu_counter is not None:
+            self.cpu_counter.__enter__()
+        return self
+
+    def __exit__(self, *exc):
+        if self.cpu_counter is not None:
+            self.cpu_counter.__exit__(*exc)
+
+    def allocated(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.memory_allocated(self.device)
+        return 0 if self.cpu_counter is None else self.cpu_counter.allocated
+
+    def max_allocated(self) -> int:
+        if self.device.type == "cuda":
+            return torch.cuda.max_memory_allocated(self.device)
+        return 0 if self.cpu_counter is None else self.cpu_counter.peak
