@@ -50,13 +50,14 @@ def _add_model_flags(g) -> None:
     g.add_argument("--make-vocab-size-divisible-by", type=int, default=128,
                    help="vocab is padded to a multiple of this x TP")
     g.add_argument("--vocab-size", type=int, default=None, help="vocab of the NullTokenizer")
-    g.add_argument("--hidden-dropout", type=float, default=0.1)
-    g.add_argument("--attention-dropout", type=float, default=0.1)
+    g.add_argument("--hidden-dropout", type=float, default=0.1, help="dropout after attention and MLP")
+    g.add_argument("--attention-dropout", type=float, default=0.1, help="dropout on attention probabilities")
     g.add_argument("--untie-embeddings-and-output-weights", action="store_true",
                    help="separate output-layer weight instead of the word embedding")
-    g.add_argument("--attention-softmax-in-fp32", action="store_true")
-    g.add_argument("--init-method-std", type=float, default=0.02)
-    g.add_argument("--layernorm-epsilon", type=float, default=1e-5)
+    g.add_argument("--attention-softmax-in-fp32", action="store_true", help="softmax in fp32 under --bf16")
+    g.add_argument("--init-method-std", type=float, default=0.02,
+                   help="std of normal init; output projections use std / sqrt(2 x layers)")
+    g.add_argument("--layernorm-epsilon", type=float, default=1e-5, help="LayerNorm epsilon")
     g.add_argument("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"],
                    help="only LayerNorm is implemented")
     g.add_argument("--position-embedding-type", default="learned_absolute",
@@ -66,16 +67,17 @@ def _add_model_flags(g) -> None:
                    help="only local is implemented (Megatron's default is transformer_engine)")
     g.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 main weights/grads/optimizer")
     g.add_argument("--fp16", action="store_true", help="not implemented")
-    g.add_argument("--sequence-parallel", action="store_true")
+    g.add_argument("--sequence-parallel", action="store_true",
+                   help="split LayerNorm/dropout activations over TP along the sequence (off at TP 1)")
 
 
 def _add_parallel_flags(g) -> None:
-    g.add_argument("--tensor-model-parallel-size", type=int, default=1)
-    g.add_argument("--pipeline-model-parallel-size", type=int, default=1)
+    g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP: ranks sharing each layer")
+    g.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="PP: pipeline stages")
     # Free text, checked in validation.py, so an unknown backend gets a message with the fix.
     g.add_argument("--distributed-backend", default=None,
                    help="nccl or gloo; default nccl when CUDA is available, else gloo")
-    g.add_argument("--distributed-timeout-minutes", type=int, default=10)
+    g.add_argument("--distributed-timeout-minutes", type=int, default=10, help="collective timeout")
     g.add_argument("--defer-embedding-wgrad-compute", action="store_true",
                    help="defer the output layer's weight-gradient GEMMs to the pipeline flush (PP > 1)")
     g.add_argument("--wgrad-deferral-limit", type=int, default=0,
@@ -89,22 +91,22 @@ def _add_training_flags(g) -> None:
     g.add_argument("--train-iters", type=int, default=None, help="required")
     g.add_argument("--exit-interval", type=int, default=None,
                    help="exit after the iteration that is a multiple of this")
-    g.add_argument("--seed", type=int, default=1234)
-    g.add_argument("--deterministic-mode", action="store_true")
+    g.add_argument("--seed", type=int, default=1234, help="seed of init, dropout and data order")
+    g.add_argument("--deterministic-mode", action="store_true", help="torch deterministic algorithms")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (required)")
-    g.add_argument("--min-lr", type=float, default=0.0)
+    g.add_argument("--min-lr", type=float, default=0.0, help="LR at the end of decay")
     g.add_argument("--lr-decay-style", default="linear",
                    choices=["constant", "linear", "cosine", "inverse-square-root", "WSD"],
                    help="constant, linear or cosine are implemented")
     g.add_argument("--lr-decay-iters", type=int, default=None, help="default --train-iters")
     g.add_argument("--lr-warmup-fraction", type=float, default=None,
                    help="warmup as a fraction of the decay length")
-    g.add_argument("--lr-warmup-iters", type=int, default=0)
-    g.add_argument("--weight-decay", type=float, default=0.01)
-    g.add_argument("--clip-grad", type=float, default=1.0)
-    g.add_argument("--adam-beta1", type=float, default=0.9)
-    g.add_argument("--adam-beta2", type=float, default=0.999)
-    g.add_argument("--adam-eps", type=float, default=1e-8)
+    g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warmup length in iterations")
+    g.add_argument("--weight-decay", type=float, default=0.01, help="decoupled; not on biases and norms")
+    g.add_argument("--clip-grad", type=float, default=1.0, help="global grad-norm clip; 0 disables")
+    g.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1")
+    g.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2")
+    g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")
     g.add_argument("--optimizer", default="adam", choices=["adam", "sgd"], help="only adam is implemented")
     g.add_argument("--use-checkpoint-opt_param-scheduler", action="store_true",
                    help="take LR schedule settings from the checkpoint on resume")
@@ -116,54 +118,56 @@ def _add_training_flags(g) -> None:
 
 
 def _add_logging_flags(g) -> None:
-    g.add_argument("--log-interval", type=int, default=100)
-    g.add_argument("--tensorboard-dir", default=None)
-    g.add_argument("--tensorboard-log-interval", type=int, default=1)
-    g.add_argument("--log-params-norm", action="store_true")
-    g.add_argument("--log-num-zeros-in-grad", action="store_true")
-    g.add_argument("--log-validation-ppl-to-tensorboard", action="store_true")
-    g.add_argument("--log-timers-to-tensorboard", action="store_true")
-    g.add_argument("--log-memory-to-tensorboard", action="store_true")
-    g.add_argument("--timing-log-level", type=int, default=0, choices=[0, 1, 2])
-    g.add_argument("--log-throughput", action="store_true")
+    g.add_argument("--log-interval", type=int, default=100, help="iterations between stdout log lines")
+    g.add_argument("--tensorboard-dir", default=None, help="write TensorBoard scalars here")
+    g.add_argument("--tensorboard-log-interval", type=int, default=1, help="iterations between scalars")
+    g.add_argument("--log-params-norm", action="store_true", help="log params-norm")
+    g.add_argument("--log-num-zeros-in-grad", action="store_true", help="log num-zeros")
+    g.add_argument("--log-validation-ppl-to-tensorboard", action="store_true", help="log lm loss validation ppl")
+    g.add_argument("--log-timers-to-tensorboard", action="store_true", help="log iteration-time and timers")
+    g.add_argument("--log-memory-to-tensorboard", action="store_true", help="log mem-(max-)allocated-bytes")
+    g.add_argument("--timing-log-level", type=int, default=0, choices=[0, 1, 2], help="detail of timers")
+    g.add_argument("--log-throughput", action="store_true", help="log TFLOP/s per rank")
 
 
 def _add_checkpoint_flags(g) -> None:
     g.add_argument("--save", default=None, help="checkpoint directory to write")
     g.add_argument("--load", default=None, help="checkpoint directory to resume from")
-    g.add_argument("--save-interval", type=int, default=None)
+    g.add_argument("--save-interval", type=int, default=None, help="iterations between saves (needs --save)")
     g.add_argument("--ckpt-format", default="torch_dist",
                    choices=["torch", "torch_dist", "zarr", "torch_dcp", "fsdp_dtensor"],
                    help="only torch_dist is implemented")
-    g.add_argument("--no-load-optim", action="store_true")
-    g.add_argument("--no-load-rng", action="store_true")
-    g.add_argument("--no-save-optim", action="store_true")
-    g.add_argument("--no-save-rng", action="store_true")
+    g.add_argument("--no-load-optim", action="store_true", help="do not restore optimizer state")
+    g.add_argument("--no-load-rng", action="store_true", help="do not restore RNG states")
+    g.add_argument("--no-save-optim", action="store_true", help="do not write optimizer state")
+    g.add_argument("--no-save-rng", action="store_true", help="do not write RNG states")
     g.add_argument("--finetune", action="store_true",
                    help="load weights only and start from iteration 0")
     g.add_argument("--dist-ckpt-strictness", default="assume_ok_unexpected",
                    choices=["assume_ok_unexpected", "log_unexpected", "log_all", "raise_unexpected",
-                            "raise_all", "return_unexpected", "return_all", "ignore_all"])
-    g.add_argument("--async-save", action="store_true")
-    g.add_argument("--exit-on-missing-checkpoint", action="store_true")
+                            "raise_all", "return_unexpected", "return_all", "ignore_all"],
+                   help="what to do with checkpoint keys that do not match the model")
+    g.add_argument("--async-save", action="store_true", help="write checkpoints in the background")
+    g.add_argument("--exit-on-missing-checkpoint", action="store_true",
+                   help="error instead of starting from scratch when --load has no checkpoint")
 
 
 def _add_data_flags(g) -> None:
     g.add_argument("--data-path", nargs="+", default=None,
                    help="one dataset prefix, or weight-prefix pairs: 0.3 A 0.7 B")
     g.add_argument("--split", default="969,30,1", help="train,validation,test document weights")
-    g.add_argument("--vocab-file", default=None)
-    g.add_argument("--merge-file", default=None)
+    g.add_argument("--vocab-file", default=None, help="GPT-2 vocab.json")
+    g.add_argument("--merge-file", default=None, help="GPT-2 merges.txt")
     g.add_argument("--tokenizer-type", default=None,
                    choices=["BertWordPieceLowerCase", "BertWordPieceCase", "GPT2BPETokenizer",
                             "SentencePieceTokenizer", "GPTSentencePieceTokenizer", "HuggingFaceTokenizer",
                             "Llama2Tokenizer", "TikTokenizer", "MultimodalTokenizer", "NullTokenizer",
                             "NullMultimodalTokenizer"],
                    help="GPT2BPETokenizer or NullTokenizer; default inferred from --vocab-file/--vocab-size")
-    g.add_argument("--data-cache-path", default=None)
+    g.add_argument("--data-cache-path", default=None, help="where dataset index arrays are cached")
     g.add_argument("--mock-data", action="store_true", help="synthetic data, no files needed")
-    g.add_argument("--eval-interval", type=int, default=1000)
-    g.add_argument("--eval-iters", type=int, default=100)
+    g.add_argument("--eval-interval", type=int, default=1000, help="iterations between validations")
+    g.add_argument("--eval-iters", type=int, default=100, help="batches per validation")
 
 
 def _add_no_effect_flags(g) -> None:

@@ -1,0 +1,105 @@
+"""Renders docs/flags.md from the parser and the Megatron tables, so the docs cannot drift.
+
+Regenerate after changing a flag:  python -m goldtron.config.flags_doc > docs/flags.md
+(tests/unit/test_cli_surface.py fails while the file differs from this rendering).
+"""
+
+from __future__ import annotations
+
+import argparse
+
+from goldtron.config.megatron_flags import NO_EFFECT_FLAGS, UNIMPLEMENTED_FLAGS, UNIMPLEMENTED_PREFIXES
+from goldtron.config.parser import build_parser
+
+INTRO = """\
+# `goldtron train` flags
+
+goldtron takes Megatron-LM's flag names, meanings and defaults, so a Megatron `model_config.yaml`
+runs unchanged where the features exist. `goldtron.arguments.parse_args(argv, world_size)` parses
+and validates them into one `argparse.Namespace` (attribute = argparse dest: `--num-layers` ->
+`args.num_layers`). Bad input raises `ConfigError` naming the flag and the fix, on every rank,
+before any process group exists, so a bad run exits instead of hanging.
+
+This file is generated: `python -m goldtron.config.flags_doc > docs/flags.md`.
+
+## Where goldtron differs from Megatron on purpose
+
+- `--transformer-impl` defaults to `local`, the only implementation (Megatron's default is
+  `transformer_engine`). `transformer_engine` is an error that says whether TE is installed; the
+  gate's per-platform overrides pass `--transformer-impl local`.
+- `--distributed-backend` defaults to `nccl` when CUDA is available, else `gloo`. `nccl` without
+  CUDA is an error.
+- `--torch-threads N` (goldtron only): intra-op threads per rank, default
+  `max(1, cpu_count // LOCAL_WORLD_SIZE)`. A different thread count gives different floating-point
+  bits on CPU, so pin it when comparing runs bit for bit.
+- `--tokenizer-type` is inferred when absent: `GPT2BPETokenizer` if `--vocab-file`/`--merge-file`
+  are given, `NullTokenizer` if `--vocab-size` is given.
+- `--mock-data` wins over `--data-path` (as in Megatron: the prefix is then not read).
+- `--save-interval` without `--save`, and both `--use-checkpoint-opt_param-scheduler` and
+  `--override-opt_param-scheduler`, are errors.
+- `--sequence-parallel` is switched off at TP 1 (as Megatron does).
+
+## Derived fields
+
+`world_size`, `data_parallel_size` (= world / (TP x PP)), `num_micro_batches`
+(= global batch / (micro batch x DP)), `ffn_hidden_size` (default 4 x hidden), `kv_channels`
+(default hidden / heads), `params_dtype` (`torch.bfloat16` with `--bf16`, else `torch.float32`),
+`lr_decay_iters` (default `--train-iters`), and the LR schedule in samples as Megatron counts it:
+`lr_decay_samples = lr_decay_iters x global batch`; `lr_warmup_samples = lr_warmup_fraction x
+lr_decay_samples`, or `lr_warmup_iters x global batch`.
+`padded_vocab_size(V, make_vocab_size_divisible_by, TP)` = ceil(V / (d x TP)) x d x TP
+(GPT-2 50257: 50304 at TP1, 50432 at TP2, 50688 at TP4).
+"""
+
+
+def _default_text(action: argparse.Action) -> str:
+    if action.default is None:
+        return "-"
+    if action.default is False and action.nargs == 0:
+        return "off"
+    return f"`{action.default}`"
+
+
+def _implemented_sections(parser: argparse.ArgumentParser) -> list[str]:
+    lines: list[str] = []
+    for group in parser._action_groups:  # argparse keeps groups only here
+        if group.title.startswith("accepted with no effect") or not group._group_actions:
+            continue
+        if group.title in ("positional arguments", "options", "optional arguments"):
+            continue
+        lines += [f"### {group.title}", "", "| flag | default | meaning |", "|---|---|---|"]
+        for action in group._group_actions:
+            flag = action.option_strings[0]
+            value = "" if action.nargs == 0 else (" V [V ...]" if action.nargs == "+" else " V")
+            meaning = (action.help or "").replace("%%", "%")
+            if action.choices:
+                meaning = (meaning + "; " if meaning else "") + "choices: " + ", ".join(map(str, action.choices))
+            lines.append(f"| `{flag}{value}` | {_default_text(action)} | {meaning} |")
+        lines.append("")
+    return lines
+
+
+def render_flags_markdown() -> str:
+    lines = INTRO.splitlines() + ["", "## Implemented flags", ""]
+    lines += _implemented_sections(build_parser())
+    lines += ["## Accepted with no effect", "",
+              "Megatron flags that cannot change what goldtron computes. They are accepted so Megatron",
+              "test cases run unchanged; the table says why each is harmless.", "",
+              "| flag | why it has no effect here |", "|---|---|"]
+    for entry in NO_EFFECT_FLAGS:
+        value = "" if entry.value_type is None else " V"
+        lines.append(f"| `{entry.flag}{value}` | {entry.reason} |")
+    lines += ["", "## Megatron flags goldtron refuses", "",
+              "These name Megatron features goldtron does not have; passing one is a `ConfigError`",
+              "naming it. So are Megatron values of implemented flags other than the ones listed above",
+              "(e.g. `--position-embedding-type rope`, `--normalization RMSNorm`, `--fp16`). Any other",
+              "unknown flag is refused as unknown.", "", "| flag | Megatron feature |", "|---|---|"]
+    for flag, feature in UNIMPLEMENTED_FLAGS.items():
+        lines.append(f"| `{flag}` | {feature} |")
+    for prefix, feature in UNIMPLEMENTED_PREFIXES.items():
+        lines.append(f"| `{prefix}*` | {feature} |")
+    return "\n".join(lines) + "\n"
+
+
+if __name__ == "__main__":
+    print(render_flags_markdown(), end="")
