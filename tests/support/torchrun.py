@@ -1,0 +1,58 @@
+"""Run `goldtron train` under torchrun (gloo, CPU) from tests, with a timeout, and read what it logged.
+
+Every distributed test goes through `run_train`: a hard timeout (a dead or hung rank fails the
+test instead of hanging the suite) and one thread per rank (fixed thread count = fixed bits).
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+# A GPT small enough for 4 ranks on 2 cores, large enough to have every part (TP-divisible heads,
+# PP-divisible layers, vocab padding: NullTokenizer 1000 -> 1001 real ids, padded to 1024/1152...).
+TINY_MODEL = [
+    "--num-layers", "4", "--hidden-size", "64", "--num-attention-heads", "4",
+    "--seq-length", "32", "--max-position-embeddings", "32",
+    "--micro-batch-size", "2", "--global-batch-size", "8",
+    "--lr", "1e-3", "--min-lr", "1e-4", "--lr-decay-style", "cosine", "--lr-warmup-iters", "2",
+    "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "1000",
+    "--log-interval", "1", "--log-num-zeros-in-grad", "--log-params-norm",
+    "--deterministic-mode", "--torch-threads", "1", "--eval-iters", "0",
+]
+NO_DROPOUT = ["--hidden-dropout", "0", "--attention-dropout", "0"]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def layout_flags(tp: int = 1, pp: int = 1) -> list[str]:
+    return ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]
+
+
+def run_train(nproc: int, flags: list[str], timeout: float = 240, env: dict | None = None,
+              check: bool = True) -> subprocess.CompletedProcess:
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+           "--module", "goldtron", "train", *flags]
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
+    return result
+
+
+def read_scalars(tb_dir: str | Path) -> dict[str, dict[int, float]]:
+    """All scalars of a TensorBoard folder: {tag: {step: value}} (the last write of a step wins)."""
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
+    acc.Reload()
+    return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
