@@ -350,3 +350,16 @@ def test_megatron_cases_folder_present_or_skipped():
     if not megatron_cases():
         pytest.skip(f"{MEGATRON_CASES} (Megatron's reference cases) is not on this machine")
     assert len(megatron_cases()) >= 1
+
+
+def test_padded_vocab_size_properties():
+    from hypothesis import given, strategies as st
+
+    @given(st.integers(1, 300_000), st.integers(1, 512), st.sampled_from([1, 2, 3, 4, 8]))
+    def check(vocab, divisible_by, tp):
+        padded = padded_vocab_size(vocab, divisible_by, tp)
+        # The smallest multiple of divisible_by x TP that holds the vocab.
+        assert padded % (divisible_by * tp) == 0
+        assert vocab <= padded < vocab + divisible_by * tp
+
+    check()
