@@ -23,10 +23,9 @@ from collections.abc import Mapping, Sequence
 from goldtron.config.errors import ConfigError
 from goldtron.config.megatron_flags import describe_unimplemented
 from goldtron.config.parser import build_parser
-from goldtron.config.validation import MachineFacts, padded_vocab_size, split_weights, validate_and_complete
+from goldtron.config.validation import MachineFacts, padded_vocab_size, validate_and_complete
 
-__all__ = ["ConfigError", "args_to_dict", "build_parser", "machine_facts", "padded_vocab_size", "parse_args",
-           "split_weights"]
+__all__ = ["ConfigError", "args_to_dict", "build_parser", "machine_facts", "padded_vocab_size", "parse_args"]
 
 
 def parse_args(argv: Sequence[str], world_size: int = 1, *, machine: MachineFacts | None = None) -> argparse.Namespace:

@@ -290,8 +290,11 @@ def _check_weighted_data_path(data_path: list[str], problems: _Problems) -> None
                          "written as weight-prefix pairs: 0.3 A 0.7 B.")
 
 
-def split_weights(split: str) -> list[float]:
-    """Megatron's --split '949,50,1' (or '949/50/1') as three weights; missing ones are 0."""
+def _split_weights(split: str) -> list[float]:
+    """Megatron's --split '949,50,1' (or '949/50/1') as three weights; missing ones are 0.
+
+    Only a syntax check at start-up; the data package does the real split of documents.
+    """
     parts = [p.strip() for p in split.replace("/", ",").split(",")]
     weights = [float(p) for p in parts]
     if len(weights) > 3 or any(w < 0 for w in weights) or not any(weights):
@@ -301,7 +304,7 @@ def split_weights(split: str) -> list[float]:
 
 def _check_split(split: str, problems: _Problems) -> None:
     try:
-        split_weights(split)
+        _split_weights(split)
     except ValueError:
         problems.add(f"--split {split!r}: expected up to three non-negative weights such as 949,50,1 "
                      "(train, validation, test), not all zero.")
