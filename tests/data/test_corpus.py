@@ -1,0 +1,96 @@
+"""The embedded corpus: built on first use, Megatron's file layout, idempotent, safe in parallel."""
+
+import json
+import multiprocessing
+import os
+
+import numpy as np
+import pytest
+
+from conftest import data_args
+from goldtron.data.corpus import ensure_embedded_corpus, embedded_documents
+from goldtron.data.indexed_dataset import IndexedDataset
+from goldtron.data.provider import build_datasets, build_tokenizer
+from goldtron.data.tokenizer import GPT2BPETokenizer
+
+
+@pytest.fixture(scope="module")
+def corpus_dir(tmp_path_factory):
+    directory = tmp_path_factory.mktemp("corpus")
+    ensure_embedded_corpus(directory)
+    return directory
+
+
+def test_layout_mirrors_megatron_data_path(corpus_dir):
+    paths = ensure_embedded_corpus(corpus_dir)
+    base = corpus_dir / "text/common_pile/v01_filtered_data"
+    assert paths == {
+        "prefix": str(base / "my-gpt3_00_text_document"),
+        "vocab_file": str(base / "bpe/vocab.json"),
+        "merge_file": str(base / "bpe/merges.txt"),
+    }
+    assert (base / "my-gpt3_00_text_document.bin").is_file() and (base / "bpe/merges.txt").is_file()
+
+
+def test_corpus_holds_the_documents_tokenized_with_eod(corpus_dir):
+    paths = ensure_embedded_corpus(corpus_dir)
+    tokenizer = GPT2BPETokenizer(paths["vocab_file"], paths["merge_file"])
+    dataset = IndexedDataset(paths["prefix"])
+    documents = embedded_documents()
+    manifest = json.loads((corpus_dir / "goldtron_corpus.json").read_text())
+    assert len(dataset) == len(documents) == manifest["documents"]
+    assert int(dataset.sequence_lengths.sum()) == manifest["tokens"] > 100_000
+    assert dataset.dtype == np.uint16
+    for index in (0, len(documents) // 2, len(documents) - 1):
+        tokens = dataset[index]
+        assert tokens[-1] == tokenizer.eod
+        assert tokenizer.detokenize(tokens[:-1]) == documents[index]
+
+
+def test_second_call_does_not_rebuild(corpus_dir):
+    bin_file = corpus_dir / "text/common_pile/v01_filtered_data/my-gpt3_00_text_document.bin"
+    before = bin_file.stat().st_mtime_ns
+    ensure_embedded_corpus(corpus_dir)
+    assert bin_file.stat().st_mtime_ns == before
+
+
+def test_truncated_corpus_is_rebuilt(tmp_path):
+    paths = ensure_embedded_corpus(tmp_path)
+    bin_file = paths["prefix"] + ".bin"
+    with open(bin_file, "r+b") as handle:
+        handle.truncate(100)
+    ensure_embedded_corpus(tmp_path)
+    assert len(IndexedDataset(paths["prefix"])) > 0  # would raise on a size mismatch
+
+
+def build_in_child(directory):
+    return ensure_embedded_corpus(directory)["prefix"]
+
+
+def test_parallel_first_use_is_safe(tmp_path):
+    with multiprocessing.get_context("spawn").Pool(3) as pool:
+        prefixes = pool.map(build_in_child, [tmp_path] * 3)
+    assert len(set(prefixes)) == 1
+    assert len(IndexedDataset(prefixes[0])) == len(embedded_documents())
+    leftovers = [name for name in os.listdir(tmp_path) if name.startswith(".corpus-build-")]
+    assert leftovers == []
+
+
+def test_default_data_is_the_embedded_corpus(corpus_dir, monkeypatch):
+    monkeypatch.setenv("GOLDTRON_DATA_DIR", str(corpus_dir))
+    args = data_args(tokenizer_type="GPT2BPETokenizer", seq_length=128)
+    tokenizer = build_tokenizer(args)
+    train, valid, test = build_datasets(args, tokenizer, 64, 16, 0)
+    assert len(train) >= 64 and len(valid) >= 16 and test is None
+    sample = train[0]
+    assert sample.shape == (129,) and sample.dtype == np.int64
+    assert tokenizer.detokenize(sample).strip()  # real text, not ids
+
+
+def test_embedded_corpus_with_too_small_vocabulary_is_refused(corpus_dir, monkeypatch):
+    from goldtron.data.errors import DataError
+
+    monkeypatch.setenv("GOLDTRON_DATA_DIR", str(corpus_dir))
+    args = data_args(tokenizer_type="NullTokenizer", vocab_size=1000)
+    with pytest.raises(DataError, match="embedded corpus is GPT-2 BPE tokens"):
+        build_datasets(args, build_tokenizer(args), 8, 0, 0)
