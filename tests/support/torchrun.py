@@ -56,3 +56,20 @@ def read_scalars(tb_dir: str | Path) -> dict[str, dict[int, float]]:
     acc = EventAccumulator(str(tb_dir), size_guidance={"scalars": 0})
     acc.Reload()
     return {tag: {e.step: e.value for e in acc.Scalars(tag)} for tag in acc.Tags()["scalars"]}
+
+
+def read_metrics_file(path: str | Path) -> list[dict]:
+    """The per-step JSON lines written under GOLDTRON_METRICS_FILE (full float64 precision)."""
+    import json
+
+    return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def train_and_read(tmp_path: Path, name: str, nproc: int, flags: list[str], **kwargs) -> list[dict]:
+    """Run training with a metrics file under tmp_path/name and return its per-step records."""
+    out = tmp_path / name
+    out.mkdir(parents=True, exist_ok=True)
+    metrics = out / "metrics.jsonl"
+    env = dict(kwargs.pop("env", None) or {}, GOLDTRON_METRICS_FILE=str(metrics))
+    run_train(nproc, flags, env=env, **kwargs)
+    return read_metrics_file(metrics)

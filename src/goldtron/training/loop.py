@@ -3,7 +3,9 @@ weight-gradients, reduce gradients, norms and clipping, optimizer, LR schedule, 
 
 from __future__ import annotations
 
+import json
 import math
+import os
 import time
 from argparse import Namespace
 
@@ -142,12 +144,16 @@ class Trainer:
 
     def _report(self, values: dict, first_of_run: bool) -> None:
         a, it = self.args, self.iteration
-        timers = self._timer_totals_all_ranks(self.traces[-1]) if a.log_timers_to_tensorboard else None
+        timers = None
+        if a.log_timers_to_tensorboard:
+            timers = self._timer_totals_all_ranks(self.traces[-1])
+            self._append_trace_file(self.traces[-1])
         values["mem_allocated"] = self.memory.allocated()
         values["mem_max_allocated"] = self.memory.max_allocated()
         self.history.append(dict(values, iteration=it))
         if not self.ps.is_logging_rank:
             return
+        self._append_metrics_file(values)
         tb = self.tb
         tb.scalar("lm loss", values["lm_loss"], it)
         tb.scalar("learning-rate", values["learning_rate"], it)
@@ -168,6 +174,28 @@ class Trainer:
                     tb.scalar(f"pipeline-timers/rank{r}/{kind}", float(timers[r, k]), it)
         if it % a.log_interval == 0 or it == a.train_iters:
             print_rank(megatron_log_line(it, a.train_iters, values), True)
+
+    def _append_trace_file(self, trace: StepTrace) -> None:
+        """Each rank's schedule spans for this step, for `goldtron timeline` (one file per rank)."""
+        if not self.args.tensorboard_dir:
+            return
+        folder = os.path.join(self.args.tensorboard_dir, "pipeline_trace")
+        os.makedirs(folder, exist_ok=True)
+        record = dict(trace.to_json(self.ps.rank), iteration=self.iteration, pp_rank=self.ps.pp_rank,
+                      tp_rank=self.ps.tp_rank, dp_rank=self.ps.dp_rank)
+        with open(os.path.join(folder, f"rank{self.ps.rank}.jsonl"), "a") as f:
+            f.write(json.dumps(record) + "\n")
+
+    def _append_metrics_file(self, values: dict) -> None:
+        """Full-precision per-step values as JSON lines, when GOLDTRON_METRICS_FILE names a file.
+
+        TensorBoard stores scalars as float32; bitwise resume checks and layout comparisons
+        need the float64 numbers this process computed.
+        """
+        path = os.environ.get("GOLDTRON_METRICS_FILE")
+        if path:
+            with open(path, "a") as f:
+                f.write(json.dumps({"iteration": self.iteration, **values}) + "\n")
 
     # ---- the run ---------------------------------------------------------------------------
     def train(self) -> None:
