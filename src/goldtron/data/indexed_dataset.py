@@ -100,6 +100,10 @@ class IndexedDatasetWriter:
             index.write(pointers.astype("<i8").tobytes())
             index.write(documents.astype("<i8").tobytes())
 
+    def close_without_index(self) -> None:
+        """Stop writing without an index (after a failure); safe to call more than once."""
+        self._bin.close()
+
     def __enter__(self) -> "IndexedDatasetWriter":
         return self
 
@@ -107,7 +111,7 @@ class IndexedDatasetWriter:
         if error_type is None:
             self.finalize()
         else:
-            self._bin.close()
+            self.close_without_index()
 
 
 class IndexedDataset:
