@@ -67,3 +67,71 @@ def compare_main(argv: list[str]) -> int:
     if args.output_dir:
         write_reports(report, args.output_dir)
     return EXIT_PASS if report.passed else EXIT_FAIL
+
+
+DEFAULT_DATA_PATH = Path("~/.cache/goldtron/data")
+DEFAULT_CASES_ROOT = Path("tests/functional_tests/test_cases")
+
+
+def _test_parser() -> _Parser:
+    parser = _Parser(prog="goldtron test", description="Run a functional test case and judge it against its golden values.")
+    parser.add_argument("case", type=Path, help="case folder holding model_config.yaml")
+    parser.add_argument("--environment", default=None, help="golden environment (default dev)")
+    parser.add_argument("--platform", default=None, help="golden platform (default: detected, e.g. dgx_h100, cpu_avx512)")
+    parser.add_argument("--record", action="store_true", help="write this run as the golden of this environment/platform")
+    parser.add_argument("--output-dir", type=Path, help="where logs, checkpoints and reports go (default runs/<case>)")
+    parser.add_argument("--allow-nondeterministic", action="store_true", help="skip exact checks")
+    parser.add_argument("--data-path", type=Path, default=DEFAULT_DATA_PATH, help="fills ${DATA_PATH}")
+    parser.add_argument("--nproc-per-node", type=int, help="ranks per node (default: case, GPUs, or tp*pp*cp)")
+    parser.add_argument("--nnodes", type=int, default=1, help="nodes of the job (torchrun static rendezvous)")
+    parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 hosts the rendezvous)")
+    parser.add_argument("--rdzv-endpoint", help="HOST:PORT of node 0, needed with --nnodes > 1")
+    parser.add_argument("--frozen-checkpoint", type=Path, help="stored checkpoint for frozen-resume")
+    parser.add_argument("--n-repeat", type=int, help="override the case's N_REPEAT")
+    parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    return parser
+
+
+@_guarded
+def test_main(argv: list[str]) -> int:
+    """goldtron test CASE_DIR [--environment E] [--platform P] [--record] [--output-dir D] ..."""
+    from goldtron.gate.gate_test import TestRequest, run_test
+
+    args = _test_parser().parse_args(argv)
+    return run_test(TestRequest.from_args(args, command=["goldtron", "test", *argv]))
+
+
+@_guarded
+def golden_main(argv: list[str]) -> int:
+    """goldtron golden from-tensorboard | diff | validate | stats"""
+    from goldtron.gate import golden_tools
+
+    parser = _Parser(prog="goldtron golden", description="Golden-file tools.")
+    sub = parser.add_subparsers(dest="action", required=True, parser_class=_Parser)
+    from_tb = sub.add_parser("from-tensorboard", help="a golden file from a TensorBoard folder")
+    from_tb.add_argument("tensorboard_dir", type=Path)
+    from_tb.add_argument("--out", type=Path, required=True)
+    from_tb.add_argument("--step-interval", type=int, default=1, help="Megatron grid: step 1, then multiples")
+    from_tb.add_argument("--train-iters", type=int, help="drop steps after this one")
+    from_tb.add_argument("--metrics", nargs="+", help="default: Megatron's five recorded metrics")
+    diff = sub.add_parser("diff", help="where two golden files differ")
+    diff.add_argument("first", type=Path)
+    diff.add_argument("second", type=Path)
+    validate = sub.add_parser("validate", help="check golden files (folders: recursively)")
+    validate.add_argument("paths", type=Path, nargs="+")
+    stats = sub.add_parser("stats", help="per-step statistics over repeated runs")
+    stats.add_argument("runs", type=Path, nargs="+", help="golden-schema JSON files or TensorBoard folders")
+    stats.add_argument("--out", type=Path, required=True)
+    args = parser.parse_args(argv)
+    return golden_tools.dispatch(args)
+
+
+@_guarded
+def cases_main(argv: list[str]) -> int:
+    """goldtron cases [ROOT]: the cases, their TEST_TYPE, and which goldens exist."""
+    from goldtron.gate.golden_tools import list_cases
+
+    parser = _Parser(prog="goldtron cases", description="List test cases and their golden files.")
+    parser.add_argument("root", type=Path, nargs="?", default=DEFAULT_CASES_ROOT)
+    args = parser.parse_args(argv)
+    return list_cases(args.root)

@@ -25,6 +25,8 @@ NAN_TEXT = "nan"
 DECIMALS = 5
 SERIES_KEYS = ("start_step", "end_step", "step_interval", "values")
 Layout = Literal["indented", "compact"]
+# The metrics Megatron records in a golden file, in its order.
+RECORDED_METRICS = ("lm loss", "num-zeros", "mem-allocated-bytes", "mem-max-allocated-bytes", "iteration-time")
 
 
 @dataclass

@@ -1,0 +1,147 @@
+"""`goldtron test`: load the case, pick the golden of this machine, run every repeat, judge,
+record if asked, and leave the reports in the output folder.
+
+Output folder: repeat_<k>/ (phase logs, TensorBoard, checkpoints), actual_values/ (run 1 in
+golden schema, ready to promote), summary.md, junit.xml, <case>.png, statistics.json (with
+N_REPEAT > 1) and timings.json (total vs training wall time, for the overhead benchmark).
+With several nodes, every node runs the phases and the last node (which hosts the rank that
+writes TensorBoard) prepares the resume, judges and reports.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from goldtron.gate.case import golden_file_name, load_case
+from goldtron.gate.errors import GateInputError
+from goldtron.gate.golden import Golden, write_golden
+from goldtron.gate.judging import judge_repeat, load_reference, recorded_golden, second_run_golden
+from goldtron.gate.launcher import LaunchOptions
+from goldtron.gate.platform import DEFAULT_ENVIRONMENT, detect_platform, gpu_count
+from goldtron.gate.report import CaseReport, print_table, write_reports
+from goldtron.gate.runner import RunOptions, check_supported, default_nproc, run_repeat
+
+EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
+
+
+@dataclass
+class TestRequest:
+    case_dir: Path
+    environment: str = DEFAULT_ENVIRONMENT
+    platform: str | None = None
+    record: bool = False
+    output_dir: Path | None = None
+    allow_nondeterministic: bool = False
+    data_path: Path = Path("~/.cache/goldtron/data")
+    nproc_per_node: int | None = None
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+    frozen_checkpoint: Path | None = None
+    n_repeat: int | None = None
+    plot: bool = True
+    command: list[str] = field(default_factory=list)
+    progress: object = None
+
+    @classmethod
+    def from_args(cls, args, command: list[str]) -> "TestRequest":
+        for flag, value in (("--nproc-per-node", args.nproc_per_node), ("--n-repeat", args.n_repeat),
+                            ("--nnodes", args.nnodes)):
+            if value is not None and value < 1:
+                raise GateInputError(f"{flag} {value}: must be at least 1")
+        return cls(args.case, args.environment or DEFAULT_ENVIRONMENT, args.platform, args.record, args.output_dir,
+                   args.allow_nondeterministic, args.data_path.expanduser(), args.nproc_per_node, args.nnodes,
+                   args.node_rank, args.rdzv_endpoint, args.frozen_checkpoint, args.n_repeat, not args.no_plot,
+                   command)
+
+
+def _record(case, request: TestRequest, platform: str, run1: Golden, run2: Golden | None, resume_step: int | None,
+            report: CaseReport) -> None:
+    from goldtron.gate.provenance import provenance, write_sidecar
+
+    record = provenance(request.environment, platform, request.command, case.path)
+    path = write_golden(case.golden_path(request.environment, platform), recorded_golden(run1, case))
+    write_sidecar(path, record)
+    report.notes.append(f"recorded {path}")
+    if run2 is not None and resume_step is not None:
+        second = write_golden(case.golden_path(request.environment, platform, second_run=True),
+                              second_run_golden(recorded_golden(run2, case), resume_step))
+        write_sidecar(second, record)
+        report.notes.append(f"recorded {second}")
+
+
+def run_test(request: TestRequest) -> int:
+    started = time.monotonic()
+    platform = request.platform or detect_platform()
+    case = load_case(request.case_dir).resolved_for(platform)
+    check_supported(case)
+    n_repeat = request.n_repeat or case.n_repeat
+    output_dir = (request.output_dir or Path("runs") / case.name).resolve()
+    launch = LaunchOptions(request.nproc_per_node or default_nproc(case, gpu_count() if platform.startswith("dgx") or
+                                                                   platform.startswith("gpu") else 0, request.nnodes),
+                           request.nnodes, request.node_rank, request.rdzv_endpoint)
+    judging = launch.is_last_node
+    golden_path = case.golden_path(request.environment, platform)
+    report = CaseReport(case=case.name)
+    try:
+        reference = load_reference(case, golden_path, request.record) if judging else None
+    except GateInputError as error:
+        if golden_path.is_file() or "no golden file" not in str(error):
+            raise
+        print(f"FAIL {case.name}: {error}")  # a missing golden is a failed gate, not a bad case
+        return EXIT_FAIL
+    deterministic = case.deterministic and not request.allow_nondeterministic
+    if not case.deterministic:
+        report.notes.append("case is non-deterministic (NVTE_ALLOW_NONDETERMINISTIC_ALGO=1): exact checks skipped")
+
+    from goldtron.gate.progress import PhaseProgress
+
+    options = RunOptions(output_dir, request.data_path, launch, request.progress or PhaseProgress(),
+                         request.frozen_checkpoint, n_repeat)
+    first_run1, training_s, config_error, run1_values = None, 0.0, False, []
+    for index in range(1, n_repeat + 1):
+        repeat = run_repeat(case, options, index)
+        training_s += repeat.training_wall_s
+        config_error = config_error or any(phase.config_error for phase in repeat.phases)
+        if not judging:
+            report.errors.extend(phase.describe_failure() for phase in repeat.phases if not phase.ok)
+            continue
+        run1, run2 = judge_repeat(case, repeat, reference, deterministic, report)
+        if run1 is None:
+            break  # a failed phase: later repeats would fail the same way
+        run1_values.append(run1)
+        if index == 1:
+            first_run1 = run1
+            actual_dir = output_dir / "actual_values"
+            write_golden(actual_dir / golden_file_name(request.environment, platform), recorded_golden(run1, case))
+            if run2 is not None:
+                write_golden(actual_dir / golden_file_name(request.environment, platform, True),
+                             second_run_golden(recorded_golden(run2, case), repeat.resume_step))
+            if request.record:
+                _record(case, request, platform, run1, run2, repeat.resume_step, report)
+                reference.golden = recorded_golden(run1, case)  # later repeats must reproduce it
+    if judging and len(run1_values) > 1:
+        from goldtron.gate.stats import run_statistics, write_statistics
+
+        write_statistics(output_dir / "statistics.json", run_statistics(run1_values))
+    if judging:
+        print_table(report)
+        write_reports(report, output_dir)
+        if request.plot and first_run1 is not None:
+            from goldtron.gate.plots import plot_case
+
+            plot_case(output_dir / f"{case.name}.png", f"{case.name} ({request.environment}, {platform})",
+                      reference.golden, first_run1, list(case.metrics))
+    else:
+        print(f"node {launch.node_rank}: phases {'done' if not report.errors else 'FAILED'}; "
+              f"node {launch.nnodes - 1} judges")
+        for error in report.errors:
+            print(error)
+    (output_dir / f"timings{launch.log_suffix}.json").write_text(json.dumps(
+        {"total_wall_s": time.monotonic() - started, "training_wall_s": training_s}, indent=2) + "\n")
+    if config_error:
+        return EXIT_BAD_INPUT
+    return EXIT_PASS if report.passed else EXIT_FAIL

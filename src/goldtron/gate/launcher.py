@@ -1,0 +1,232 @@
+"""Launch one training phase under torchrun: argv, environment, timeout, per-rank logs.
+
+Nothing goes through a shell: the trainer's argv is a list, so a value in a case's yaml is
+only ever an argument, never executed. Each rank's stdout/stderr is kept by torchrun under
+`<phase>/ranks/`; the merged console stream goes to `<phase>/torchrun.log` and feeds the
+progress display. On a timeout the whole process tree (torchrun and its ranks) is killed.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from goldtron.gate.errors import GateInputError
+from goldtron.gate.progress import parse_progress
+
+PYTHON_NAMES = ("python", "python3")
+KILL_GRACE_S = 5.0
+LAST_LINES = 15
+
+
+@dataclass
+class LaunchOptions:
+    """Where and how many: one node (`--standalone`) or one of `nnodes` nodes.
+
+    Multi-node uses torchrun's static rendezvous: node `node_rank` hosts global ranks
+    node_rank*nproc ... so the last node holds the last rank (the one writing TensorBoard).
+    Each launch uses its own port (endpoint port + launch index) so a late node can never
+    join the previous phase's store.
+    """
+
+    nproc_per_node: int = 1
+    nnodes: int = 1
+    node_rank: int = 0
+    rdzv_endpoint: str | None = None
+
+    def __post_init__(self):
+        if self.nnodes > 1 and not self.rdzv_endpoint:
+            raise GateInputError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (node 0's address)")
+        if not 0 <= self.node_rank < self.nnodes:
+            raise GateInputError(f"--node-rank {self.node_rank} is outside 0..{self.nnodes - 1}")
+        if self.rdzv_endpoint and not re.fullmatch(r"[^:\s]+:\d+", self.rdzv_endpoint):
+            raise GateInputError(f"--rdzv-endpoint {self.rdzv_endpoint!r}: expected HOST:PORT, e.g. 10.0.0.1:29500")
+
+    @property
+    def log_suffix(self) -> str:
+        """Nodes sharing an output folder keep separate logs."""
+        return "" if self.nnodes == 1 else f"_node{self.node_rank}"
+
+    @property
+    def is_last_node(self) -> bool:
+        return self.node_rank == self.nnodes - 1
+
+    def rendezvous_flags(self, launch_index: int) -> list[str]:
+        if self.nnodes == 1:
+            return ["--standalone"]
+        host, port = self.rdzv_endpoint.rsplit(":", 1)
+        return ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank), "--rdzv-backend", "static",
+                "--rdzv-endpoint", f"{host}:{int(port) + launch_index}"]
+
+
+def trainer_target(trainer: tuple[str, ...], case_dir: Path) -> list[str]:
+    """The case's TRAINER argv prefix as torchrun's target: `--module M args` or `SCRIPT args`.
+
+    TRAINER must start with the Python interpreter (`python`), then `-m MODULE` or a script
+    path (relative paths are relative to the case folder), then any fixed arguments.
+    """
+    parts = list(trainer)
+    if len(parts) < 2 or Path(parts[0]).name not in PYTHON_NAMES + (Path(sys.executable).name,):
+        raise GateInputError(f"GOLDTRON.TRAINER {parts!r}: expected [python, -m, MODULE, ...] or "
+                             "[python, SCRIPT.py, ...]; torchrun starts the interpreter itself")
+    if parts[1] == "-m":
+        if len(parts) < 3:
+            raise GateInputError(f"GOLDTRON.TRAINER {parts!r}: -m needs a module name")
+        return ["--module", parts[2], *parts[3:]]
+    script = Path(parts[1])
+    script = script if script.is_absolute() else (case_dir / script)
+    if not script.is_file():
+        raise GateInputError(f"GOLDTRON.TRAINER: script {script} not found. Fix: give an absolute path or "
+                             "one relative to the case folder")
+    return [str(script), *parts[2:]]
+
+
+def torchrun_argv(target: list[str], trainer_args: list[str], launch: LaunchOptions, launch_index: int,
+                  rank_log_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(launch.nproc_per_node),
+            *launch.rendezvous_flags(launch_index),
+            # Keep every rank's stdout/stderr in its own file and still stream them to us.
+            "--log-dir", str(rank_log_dir), "--redirects", "3", "--tee", "3",
+            *target, *trainer_args]
+
+
+@dataclass
+class PhaseOutcome:
+    name: str
+    argv: list[str]
+    returncode: int
+    wall_s: float
+    log_path: Path
+    rank_log_dir: Path
+    timed_out: bool = False
+    failed_rank: int | None = None
+    rank_exit_code: int | None = None
+    last_lines: list[str] = field(default_factory=list)
+    last_iteration: int | None = None
+
+    @property
+    def ok(self) -> bool:
+        return self.returncode == 0 and not self.timed_out
+
+    @property
+    def config_error(self) -> bool:
+        """The trainer rejected its configuration (its exit code 2)."""
+        return self.rank_exit_code == 2
+
+    def describe_failure(self) -> str:
+        if self.timed_out:
+            head = f"phase {self.name} timed out (no exit after the phase timeout; last iteration {self.last_iteration})"
+        elif self.config_error:
+            head = f"phase {self.name}: the trainer rejected the configuration (rank {self.failed_rank} exit code 2)"
+        else:
+            who = f"rank {self.failed_rank}" if self.failed_rank is not None else "a rank"
+            code = self.rank_exit_code if self.rank_exit_code is not None else self.returncode
+            head = f"phase {self.name} crashed: {who} exited with code {code}"
+        tail = "\n".join(f"    {line}" for line in self.last_lines)
+        return f"{head}; log {self.log_path}" + (f"\n  last lines of rank {self.failed_rank}:\n{tail}" if tail else "")
+
+
+def _descendants(pid: int) -> list[int]:
+    """All child processes of `pid`, recursively (Linux /proc); ranks may sit in their own sessions."""
+    found, frontier = [], [pid]
+    while frontier:
+        parent = frontier.pop()
+        for children_file in Path(f"/proc/{parent}/task").glob("*/children"):
+            try:
+                children = [int(child) for child in children_file.read_text().split()]
+            except (OSError, ValueError):
+                continue
+            found.extend(children)
+            frontier.extend(children)
+    return found
+
+
+def _kill_tree(process: subprocess.Popen) -> None:
+    victims = _descendants(process.pid)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        for pid in [process.pid, *victims]:
+            try:
+                os.kill(pid, sig)
+            except ProcessLookupError:
+                pass
+        try:
+            process.wait(timeout=KILL_GRACE_S)
+            if sig == signal.SIGTERM:
+                victims = [pid for pid in victims if Path(f"/proc/{pid}").exists()]
+                if not victims:
+                    return
+        except subprocess.TimeoutExpired:
+            continue
+
+
+_ROOT_RANK = re.compile(r"rank\s*:\s*(\d+)\s*\(local_rank:\s*(\d+)\)")
+_ROOT_EXIT = re.compile(r"exitcode\s*:\s*(-?\d+)")
+
+
+def _rank_tail(rank_log_dir: Path, local_rank: int) -> list[str]:
+    """The last lines a failing rank wrote (stderr first: that is where tracebacks go)."""
+    for name in ("stderr.log", "stdout.log"):
+        logs = sorted(rank_log_dir.glob(f"*/attempt_*/{local_rank}/{name}"), key=os.path.getmtime)
+        if logs:
+            lines = [line for line in logs[-1].read_text(errors="replace").splitlines() if line.strip()]
+            if lines:
+                return lines[-LAST_LINES:]
+    return []
+
+
+def run_phase(name: str, argv: list[str], env: dict[str, str], timeout_s: float, log_path: Path,
+              rank_log_dir: Path, progress) -> PhaseOutcome:
+    """Run one phase to completion or timeout; the console stream goes to the log and `progress`."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    outcome = PhaseOutcome(name, argv, 0, 0.0, log_path, rank_log_dir)
+    progress.start(name)
+    started = time.monotonic()
+    with open(log_path, "w") as log:
+        process = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                                   stdin=subprocess.DEVNULL, text=True, errors="replace", start_new_session=True)
+
+        def pump() -> None:
+            for line in process.stdout:
+                log.write(line)
+                progress.update(line)
+                parsed = parse_progress(line)
+                if parsed is not None:
+                    outcome.last_iteration = parsed.iteration
+
+        reader = threading.Thread(target=pump, daemon=True)
+        reader.start()
+        try:
+            process.wait(timeout=timeout_s)
+        except subprocess.TimeoutExpired:
+            outcome.timed_out = True
+            _kill_tree(process)
+        reader.join(timeout=KILL_GRACE_S)
+    outcome.returncode = process.returncode
+    outcome.wall_s = time.monotonic() - started
+    if not outcome.ok:
+        _explain_failure(outcome)
+    progress.finish("done" if outcome.ok else ("TIMED OUT" if outcome.timed_out else f"FAILED (exit {outcome.returncode})"))
+    return outcome
+
+
+def _explain_failure(outcome: PhaseOutcome) -> None:
+    text = outcome.log_path.read_text(errors="replace")
+    root = text.rfind("Root Cause")
+    rank_match = _ROOT_RANK.search(text, root if root >= 0 else 0)
+    exit_match = _ROOT_EXIT.search(text, root if root >= 0 else 0)
+    local_rank = None
+    if rank_match:
+        outcome.failed_rank, local_rank = int(rank_match.group(1)), int(rank_match.group(2))
+    if exit_match:
+        outcome.rank_exit_code = int(exit_match.group(1))
+    if local_rank is not None:
+        outcome.last_lines = _rank_tail(outcome.rank_log_dir, local_rank)
+    if not outcome.last_lines:
+        outcome.last_lines = [line for line in text.splitlines() if line.strip()][-LAST_LINES:]
