@@ -7,31 +7,10 @@ from hypothesis import strategies as st
 
 from conftest import data_args, unique_token_documents, write_documents
 from goldtron.data.errors import DataError
-from goldtron.data.gpt_dataset import build_gpt_indices, build_sample_index, count_epochs
+from goldtron.data.gpt_dataset import build_gpt_indices, build_sample_index, count_epochs, sample_index_by_loop
 from goldtron.data.indexed_dataset import IndexedDataset
 from goldtron.data.provider import build_datasets, build_tokenizer
 from goldtron.data.split import parse_split, split_document_ranges
-
-
-def megatron_sample_index_loop(sizes, document_index, seq_length):
-    """Megatron's build_sample_idx written as its documented sequential loop (the reference)."""
-    total = int(sum(sizes[d] for d in document_index))
-    num_samples = (total - 1) // seq_length
-    result = [(0, 0)]
-    entry, offset = 0, 0
-    while len(result) <= num_samples:
-        remaining = seq_length + 1
-        while remaining:
-            length = sizes[document_index[entry]] - offset
-            remaining -= length
-            if remaining <= 0:
-                offset += remaining + length - 1
-                remaining = 0
-            else:
-                entry += 1
-                offset = 0
-        result.append((entry, offset))
-    return np.array(result)
 
 
 @settings(max_examples=80, deadline=None)
@@ -43,7 +22,7 @@ def test_vectorized_sample_index_equals_megatron_loop(sizes, seq_length, epochs,
     np.random.RandomState(seed).shuffle(document_index)
     if sizes[document_index].sum() < 2:
         return
-    expected = megatron_sample_index_loop(sizes, document_index, seq_length)
+    expected = sample_index_by_loop(sizes, document_index, seq_length)
     assert np.array_equal(build_sample_index(sizes, document_index, seq_length), expected)
 
 

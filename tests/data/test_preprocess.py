@@ -58,7 +58,8 @@ def test_two_workers_write_the_same_bytes(tmp_path):
         (["", "   "], r"docs\.jsonl: holds no documents"),
         (['{"text": "1 2"}', '{"body": "3"}'], r"docs\.jsonl line 2: no key 'text'.*--json-keys"),
         (['{"text": "1 2"', ], r"docs\.jsonl line 1: not valid JSON"),
-        (['{"text": "1 12"}'], r"docs\.jsonl line 1: token id 12 >= vocabulary size 11"),
+        (['{"text": "1 12"}'], r"docs\.jsonl line 1: token id 12 is outside the vocabulary 0\.\.10"),
+        (['{"text": "1 -1"}'], r"docs\.jsonl line 1: token id -1 is outside"),
         (['["1 2"]'], r"docs\.jsonl line 1: a JSON list"),
     ],
 )

@@ -60,6 +60,30 @@ def build_sample_index(sequence_lengths: np.ndarray, document_index: np.ndarray,
     return np.stack((entries, positions - starts[entries]), axis=1)
 
 
+def sample_index_by_loop(sequence_lengths, document_index, seq_length: int) -> np.ndarray:
+    """The same array as build_sample_index, by Megatron's sequential walk (its C++ helper).
+
+    Kept as the readable specification: tests and the benchmark check the vectorised version
+    against it. Too slow for real use (one Python step per document crossed).
+    """
+    total = int(sum(int(sequence_lengths[d]) for d in document_index))
+    num_samples = (total - 1) // seq_length
+    result = np.zeros((num_samples + 1, 2), dtype=np.int64)
+    entry, offset = 0, 0
+    for sample in range(1, num_samples + 1):
+        remaining = seq_length + 1
+        while remaining:
+            length = int(sequence_lengths[document_index[entry]]) - offset
+            remaining -= length
+            if remaining <= 0:
+                offset += remaining + length - 1  # the last token read is the next sample's first
+                remaining = 0
+            else:
+                entry, offset = entry + 1, 0
+        result[sample] = (entry, offset)
+    return result
+
+
 def build_shuffle_index(num_samples: int, total_size: int, rng: np.random.RandomState) -> np.ndarray:
     """Sample order: the first num_samples shuffled, then the rest shuffled on their own."""
     dtype = np.uint32 if total_size < np.iinfo(np.uint32).max - 1 else np.int64

@@ -64,7 +64,7 @@ def _init_worker(spec: TokenizerSpec) -> None:
 
 
 def encode_chunk(chunk, tokenizer, json_keys, append_eod, input_name):
-    """[(line_number, line)] -> per document, per key, a token list (DataError names the line)."""
+    """[(line_number, line)] -> per document, per key, a token array (DataError names the line)."""
     texts = {key: [] for key in json_keys}  # flattened sentences per key
     shapes = []  # per document, per key: how many sentences
     for line_number, line in chunk:
@@ -94,12 +94,15 @@ def encode_chunk(chunk, tokenizer, json_keys, append_eod, input_name):
             ids = [token for _ in range(count) for token in next(encoded[key])]
             if ids and append_eod:
                 ids.append(tokenizer.eod)
-            if ids and max(ids) >= tokenizer.vocab_size:
+            # An array, not a list: results cross process boundaries, and arrays pickle compactly.
+            tokens = np.asarray(ids, dtype=np.int64)
+            if tokens.size and (tokens.max() >= tokenizer.vocab_size or tokens.min() < 0):
+                bad = int(tokens.max()) if tokens.max() >= tokenizer.vocab_size else int(tokens.min())
                 raise DataError(
-                    f"{input_name} line {line_number}: token id {max(ids)} >= vocabulary size "
-                    f"{tokenizer.vocab_size}; raise --vocab-size or fix the ids"
+                    f"{input_name} line {line_number}: token id {bad} is outside the vocabulary "
+                    f"0..{tokenizer.vocab_size - 1}; raise --vocab-size or fix the ids"
                 )
-            per_key.append(ids)
+            per_key.append(tokens)
         documents.append(per_key)
     return documents
 
@@ -172,7 +175,7 @@ def preprocess(input_path, output_prefix, spec: TokenizerSpec, json_keys=("text"
                     raise DataError(encoded)
                 for per_key in encoded:
                     for key, ids in zip(json_keys, per_key):
-                        writers[key].add_document(np.asarray(ids, dtype=dtype))
+                        writers[key].add_document(ids)
                         tokens += len(ids)
                 documents += len(encoded)
         if documents == 0:
