@@ -1,9 +1,173 @@
-"""Placeholder until torch_dist checkpoints land: no checkpointer unless --save/--load is given."""
+"""torch_dist checkpoints for the training loop: what main.py and the loop call.
+
+    checkpointer = build_checkpointer(args, ps, trainer, rng)   # None without --save/--load
+    checkpointer.load(trainer)        # before training: restore, or say "starting from scratch"
+    checkpointer.after_step(trainer)  # save every --save-interval iterations
+    checkpointer.at_end(trainer)      # final save (as Megatron), then wait for any background write
+    checkpointer.close()              # always: never leave a background write behind
+
+The pieces live in goldtron/checkpoint/: model_state (global tensors), rng_state, common_state,
+writer (layout and crash safety), validation (what --load finds), background (--async-save).
+Errors a person must fix are CheckpointError, raised alike on every rank.
+"""
 
 from __future__ import annotations
 
+import os
+import time
+
+import torch.distributed as dist
+import torch.distributed.checkpoint as dcp
+
+from goldtron.checkpoint import rng_state
+from goldtron.checkpoint.background import BackgroundWrite
+from goldtron.checkpoint.common_state import build_common_state, describe_layout, restore_schedule, same_layout
+from goldtron.checkpoint.errors import CheckpointError
+from goldtron.checkpoint.global_shard import GlobalShardLoadPlanner
+from goldtron.checkpoint.key_check import check_keys, gather_wanted_keys
+from goldtron.checkpoint.layout import RELEASE
+from goldtron.checkpoint.model_state import (
+    OPTIMIZER_PREFIX, has_optimizer_state, is_model_key, load_targets, model_and_optimizer_state,
+    parameter_placements,
+)
+from goldtron.checkpoint.validation import FoundCheckpoint, find_checkpoint
+from goldtron.checkpoint.writer import prepare_in_progress_dir, write_checkpoint
+
 
 def build_checkpointer(args, ps, trainer, rng):
-    if args.save or args.load:
-        raise NotImplementedError("--save/--load: torch_dist checkpoints are not implemented yet")
-    return None
+    if not args.save and not args.load:
+        return None
+    return Checkpointer(args, ps, rng)
+
+
+class Checkpointer:
+    def __init__(self, args, ps, rng):
+        self.args, self.ps, self.rng = args, ps, rng
+        # A group of its own (gloo: DCP's plans travel as CPU objects): a background write's
+        # collectives then never interleave with the training loop's on the same group.
+        self.group = dist.new_group(backend="gloo")
+        self.pending: BackgroundWrite | None = None
+        self.last_saved_iteration: int | None = None
+        self.blocked_seconds = 0.0  # time the loop spent inside save calls (benchmarks read it)
+
+    def _log(self, line: str) -> None:
+        # Megatron prints checkpoint messages from rank 0.
+        if self.ps.rank == 0:
+            print(line, flush=True)
+
+    def _coordinates(self) -> str:
+        ps = self.ps
+        return f"[ t {ps.tp_rank + 1}/{ps.tp_size}, p {ps.pp_rank + 1}/{ps.pp_size}, d {ps.dp_rank + 1}/{ps.dp_size} ]"
+
+    # ---- save --------------------------------------------------------------------------------
+    def after_step(self, trainer) -> None:
+        a = self.args
+        if a.save and a.save_interval and trainer.iteration % a.save_interval == 0:
+            self.save(trainer)
+
+    def at_end(self, trainer) -> None:
+        if self.args.save and trainer.iteration != self.last_saved_iteration:
+            self.save(trainer)
+        self.wait()
+
+    def save(self, trainer) -> None:
+        start = time.perf_counter()
+        self.wait()  # one write at a time: the next save waits for the previous one
+        a, ps, iteration = self.args, self.ps, trainer.iteration
+        with_optimizer = not a.no_save_optim and has_optimizer_state(trainer.optimizer)
+        placements = parameter_placements(trainer.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)
+        state = model_and_optimizer_state(placements, trainer.optimizer if with_optimizer else None,
+                                          snapshot=a.async_save)
+        if not a.no_save_rng:
+            state[rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)] = rng_state.capture(self.rng)
+        common = build_common_state(trainer, with_optimizer, not a.no_save_rng)
+        self._log(f"saving checkpoint at iteration {iteration:7d} to {a.save} in torch_dist format")
+        prepare_in_progress_dir(a.save, iteration, self.group)
+
+        def write() -> None:
+            path = write_checkpoint(state, common, a.save, iteration, self.group)
+            self._log(f"  successfully saved checkpoint from iteration {iteration:7d} to {path}")
+
+        if a.async_save:
+            self.pending = BackgroundWrite(write, f"iteration {iteration}")
+        else:
+            write()
+        self.last_saved_iteration = iteration
+        self.blocked_seconds += time.perf_counter() - start
+
+    def wait(self) -> None:
+        if self.pending is not None:
+            pending, self.pending = self.pending, None
+            pending.wait()
+
+    def close(self) -> None:
+        """Wait for a background write (a checkpoint must not be cut off by the exit)."""
+        self.wait()
+
+    # ---- load --------------------------------------------------------------------------------
+    def load(self, trainer) -> None:
+        a = self.args
+        if not a.load:
+            return
+        found = find_checkpoint(a.load)
+        if found is None:
+            if a.exit_on_missing_checkpoint:
+                raise CheckpointError(f"--load {a.load} has no checkpoint and --exit-on-missing-checkpoint is set; "
+                                      "point --load at a checkpoint directory or drop the flag")
+            self._log(f"WARNING: no checkpoint found in --load {a.load} (no {os.path.basename(a.load) or a.load}/"
+                      "latest_checkpointed_iteration.txt); starting from scratch")
+            return
+        self._restore(trainer, found)
+
+    def _restore(self, trainer, found: FoundCheckpoint) -> None:
+        a, ps, common = self.args, self.ps, found.common
+        release = found.iteration == RELEASE
+        contents = common["contents"]
+        fresh_start = a.finetune or release
+        load_optim = not (a.no_load_optim or fresh_start)
+        if load_optim and not contents.get("optimizer"):
+            raise CheckpointError(f"{found.path} has no optimizer state (saved with --no-save-optim or before the "
+                                  "first step); add --no-load-optim or --finetune to load the weights only")
+        want_rng = not (a.no_load_rng or fresh_start)
+        if want_rng and not contents.get("rng"):
+            raise CheckpointError(f"{found.path} has no RNG state (saved with --no-save-rng); "
+                                  "add --no-load-rng or --finetune")
+        load_rng = want_rng and same_layout(common, ps)
+        self._log(f"loading checkpoint from {a.load} at iteration {found.iteration}")
+
+        placements = parameter_placements(trainer.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)
+        targets = load_targets(placements, trainer.optimizer if load_optim else None)
+        rng_key = rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)
+        # Only the kinds of state this load asked for can be "unexpected".
+        comparable = {k for k in found.dcp_metadata.state_dict_metadata
+                      if is_model_key(k) or (load_optim and k.startswith(OPTIMIZER_PREFIX))}
+        skipped = check_keys(targets, gather_wanted_keys(set(targets), self.group), comparable, found.dcp_metadata,
+                             a.dist_ckpt_strictness, found.path, self._log)
+        for key in skipped:
+            del targets[key]
+        if load_rng:
+            targets[rng_key] = None  # a pickled value: DCP puts the loaded object here
+
+        try:
+            dcp.load(targets, storage_reader=dcp.FileSystemReader(found.path), planner=GlobalShardLoadPlanner(),
+                     process_group=self.group)
+        except Exception as error:  # DCP gathers every rank's failure into one exception on all ranks
+            raise CheckpointError(f"reading the checkpoint in {found.path} failed: {error}") from error
+
+        if load_rng:
+            rng_state.restore(targets[rng_key], self.rng)
+        elif want_rng:
+            saved = common["layout"]
+            self._log(f"RNG state not restored: the checkpoint was saved under "
+                      f"{describe_layout(saved['tensor_model_parallel_size'], saved['pipeline_model_parallel_size'], saved['data_parallel_size'])}"
+                      f" and this run is {describe_layout(ps.tp_size, ps.pp_size, ps.dp_size)}; random streams "
+                      "belong to a rank of a layout, so dropout masks after the resume differ from an uninterrupted run")
+        if not fresh_start:
+            trainer.iteration = common["iteration"]
+            trainer.consumed_samples = common["consumed_samples"]
+            if load_optim:  # Megatron restores the schedule with the optimizer
+                restore_schedule(common["opt_param_scheduler"], trainer.lr_schedule, a, found.path)
+        if a.load == a.save:
+            self.last_saved_iteration = trainer.iteration
+        self._log(f"  successfully loaded checkpoint from {a.load} at iteration {trainer.iteration} "
+                  f"(model{', optimizer' if load_optim else ''}{', rng' if load_rng else ''}) {self._coordinates()}")

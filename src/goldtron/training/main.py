@@ -112,5 +112,12 @@ def main(argv: list[str]) -> int:
         rank = os.environ.get("RANK", "0")
         print(f"goldtron train: error (rank {rank}): {error}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
-    build_and_train(args)
+    from goldtron.checkpoint.errors import CheckpointError
+
+    try:
+        build_and_train(args)
+    except CheckpointError as error:  # raised alike on every rank; the message names the file and fix
+        print(f"goldtron train: checkpoint error (rank {os.environ.get('RANK', '0')}): {error}",
+              file=sys.stderr, flush=True)
+        return EXIT_CONFIG_ERROR
     return 0

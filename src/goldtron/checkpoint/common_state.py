@@ -1,0 +1,58 @@
+"""The small, replicated part of a checkpoint (common.json): where training is, the LR schedule,
+the layout it was saved under, what else was saved, and the run's arguments.
+
+JSON rather than pickle: a person (and `goldtron ckpt inspect`) can read it, and Python's float
+repr round-trips exactly, so the schedule comes back bit for bit.
+"""
+
+from __future__ import annotations
+
+from goldtron import __version__
+from goldtron.arguments import args_to_dict
+from goldtron.checkpoint.errors import CheckpointError
+
+# The LR-schedule settings Megatron checks against the flags on resume (state key -> flag).
+SCHEDULE_SETTINGS = {
+    "max_lr": "--lr", "min_lr": "--min-lr", "lr_warmup_steps": "--lr-warmup-iters/--lr-warmup-fraction",
+    "lr_decay_steps": "--lr-decay-iters", "lr_decay_style": "--lr-decay-style",
+}
+
+
+def build_common_state(trainer, has_optimizer: bool, has_rng: bool) -> dict:
+    ps, args = trainer.ps, trainer.args
+    return {
+        "iteration": trainer.iteration,
+        "consumed_samples": trainer.consumed_samples,
+        "opt_param_scheduler": trainer.lr_schedule.state_dict(),
+        "layout": {"tensor_model_parallel_size": ps.tp_size, "pipeline_model_parallel_size": ps.pp_size,
+                   "data_parallel_size": ps.dp_size, "world_size": ps.world_size},
+        "contents": {"model": True, "optimizer": has_optimizer, "rng": has_rng},
+        "real_vocab_size": args.real_vocab_size,
+        "goldtron_version": __version__,
+        "args": args_to_dict(args),
+    }
+
+
+def same_layout(common: dict, ps) -> bool:
+    saved = common["layout"]
+    return (saved["tensor_model_parallel_size"], saved["pipeline_model_parallel_size"],
+            saved["data_parallel_size"]) == (ps.tp_size, ps.pp_size, ps.dp_size)
+
+
+def describe_layout(tp: int, pp: int, dp: int) -> str:
+    return f"TP{tp} x PP{pp} x DP{dp}"
+
+
+def restore_schedule(saved: dict, lr_schedule, args, checkpoint_path: str) -> None:
+    """Megatron's rules: --override-opt_param-scheduler takes the settings from the flags,
+    --use-checkpoint-opt_param-scheduler from the checkpoint, and with neither a difference is an
+    error. The position in the schedule always comes from the checkpoint."""
+    if not args.override_opt_param_scheduler and not args.use_checkpoint_opt_param_scheduler:
+        current = lr_schedule.state_dict()
+        for key, flag in SCHEDULE_SETTINGS.items():
+            if current[key] != saved[key]:
+                raise CheckpointError(
+                    f"the LR schedule in {checkpoint_path}/common.json has {key}={saved[key]!r} but this run's "
+                    f"{flag} gives {current[key]!r}. Add --use-checkpoint-opt_param-scheduler to keep the "
+                    "checkpoint's schedule, or --override-opt_param-scheduler to take the flags'.")
+    lr_schedule.load_state_dict(saved, use_checkpoint_values=args.use_checkpoint_opt_param_scheduler)

@@ -1,0 +1,38 @@
+"""Every random stream a rank draws from, captured and restored exactly (exact resume needs them).
+
+One value per rank, keyed by its (pp, tp, dp) coordinates, as Megatron keeps RNG per rank: the
+default generators are seeded per pipeline stage and the tensor-parallel dropout stream per TP
+rank. They only mean something to the same rank of the same layout, so a run with another
+layout does not restore them (the caller says so in a log line).
+"""
+
+from __future__ import annotations
+
+import random
+
+import numpy as np
+import torch
+
+from goldtron.checkpoint.model_state import RNG_PREFIX
+from goldtron.parallel.random import DropoutRNG
+
+
+def rng_key(pp_rank: int, tp_rank: int, dp_rank: int) -> str:
+    return f"{RNG_PREFIX}pp{pp_rank}.tp{tp_rank}.dp{dp_rank}"
+
+
+def capture(dropout_rng: DropoutRNG) -> dict:
+    state = {"python": random.getstate(), "numpy": np.random.get_state(), "torch": torch.get_rng_state(),
+             "dropout": {k: v.clone() for k, v in dropout_rng.state_dict().items()}}
+    if torch.cuda.is_available() and torch.cuda.is_initialized():
+        state["cuda"] = torch.cuda.get_rng_state()
+    return state
+
+
+def restore(state: dict, dropout_rng: DropoutRNG) -> None:
+    random.setstate(state["python"])
+    np.random.set_state(state["numpy"])
+    torch.set_rng_state(state["torch"])
+    if "cuda" in state and torch.cuda.is_available():
+        torch.cuda.set_rng_state(state["cuda"])
+    dropout_rng.load_state_dict(state["dropout"])

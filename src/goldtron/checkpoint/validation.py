@@ -1,0 +1,122 @@
+"""Find the checkpoint `--load` names and check it is whole before anything is read from it.
+
+Every rank runs these checks on the same files, so a bad checkpoint gives the same error on
+every rank (no rank waits in a collective for one that failed). Nothing here writes.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+
+from torch.distributed.checkpoint import FileSystemReader
+from torch.distributed.checkpoint.metadata import Metadata
+
+from goldtron.checkpoint.errors import CheckpointError
+from goldtron.checkpoint.layout import (
+    BACKEND_METADATA, COMMON_NAME, DCP_METADATA_NAME, IN_PROGRESS_SUFFIX, METADATA_NAME, RELEASE, TRACKER_NAME,
+    iteration_dir, tracker_path,
+)
+
+
+@dataclass
+class FoundCheckpoint:
+    path: str               # the iter_XXXXXXX (or release) folder
+    iteration: int | str    # a number, or "release"
+    common: dict            # common.json
+    dcp_metadata: Metadata  # what DCP saved: every key with its global size and chunks
+
+
+def _leftovers_only(entries: list[str]) -> bool:
+    """True when a folder holds nothing but what an interrupted first save leaves behind."""
+    return all(e.endswith(IN_PROGRESS_SUFFIX) or ".tmp." in e for e in entries)
+
+
+def read_tracker(root: str) -> int | str:
+    path = tracker_path(root)
+    try:
+        text = open(path).read().strip()
+    except OSError as error:
+        raise CheckpointError(f"cannot read checkpoint tracker {path}: {error}") from error
+    if text == RELEASE:
+        return RELEASE
+    try:
+        iteration = int(text)
+    except ValueError:
+        iteration = -1
+    if iteration < 0:
+        raise CheckpointError(f"checkpoint tracker {path} holds {text!r}, not an iteration number or 'release'; "
+                              "write the iteration to resume from into it (e.g. 50), or point --load elsewhere")
+    return iteration
+
+
+def find_checkpoint(root: str) -> FoundCheckpoint | None:
+    """The checkpoint the tracker in `root` names, checked; None when `root` has no checkpoint yet
+    (missing, empty, or only an interrupted first save), which means "start from scratch"."""
+    if not os.path.isdir(root):
+        if os.path.exists(root):
+            raise CheckpointError(f"--load {root} is a file, not a checkpoint directory")
+        return None
+    entries = sorted(os.listdir(root))
+    if not os.path.exists(tracker_path(root)):
+        if _leftovers_only(entries):
+            return None
+        shown = ", ".join(entries[:8]) + (" ..." if len(entries) > 8 else "")
+        raise CheckpointError(
+            f"--load {root} is not a checkpoint directory: it has no {TRACKER_NAME} (it holds: {shown}). "
+            "Point --load at the folder that contains the tracker file and the iter_XXXXXXX folders, "
+            "or at an empty/missing folder to start from scratch.")
+    iteration = read_tracker(root)
+    path = iteration_dir(root, iteration)
+    if not os.path.isdir(path):
+        raise CheckpointError(f"checkpoint tracker {tracker_path(root)} names iteration {iteration}, but {path} "
+                              "does not exist; write an existing iteration into the tracker or restore that folder")
+    common, metadata = validate_checkpoint_dir(path)
+    return FoundCheckpoint(path, iteration, common, metadata)
+
+
+def validate_checkpoint_dir(path: str) -> tuple[dict, Metadata]:
+    """(common.json, DCP metadata) of a complete torch_dist checkpoint folder, or a CheckpointError
+    naming the first missing, foreign or truncated file."""
+    marker = os.path.join(path, METADATA_NAME)
+    try:
+        backend = json.load(open(marker))
+    except FileNotFoundError:
+        raise CheckpointError(f"{marker} is missing: {path} is not a complete torch_dist checkpoint "
+                              "(metadata.json is written last, so the save that made it did not finish)") from None
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{marker} is unreadable ({error}); the checkpoint in {path} is damaged") from error
+    if backend.get("sharded_backend") != BACKEND_METADATA["sharded_backend"]:
+        raise CheckpointError(f"{marker} says sharded_backend={backend.get('sharded_backend')!r}; goldtron reads "
+                              "only torch_dist checkpoints (--ckpt-format torch_dist)")
+    common_path = os.path.join(path, COMMON_NAME)
+    try:
+        common = json.load(open(common_path))
+    except (OSError, ValueError) as error:
+        raise CheckpointError(f"{common_path} is missing or unreadable ({error}); the checkpoint in {path} "
+                              "was not written by goldtron or is damaged") from error
+    try:
+        metadata = FileSystemReader(path).read_metadata()
+    except Exception as error:  # DCP raises several types for a missing or damaged .metadata
+        raise CheckpointError(f"{os.path.join(path, DCP_METADATA_NAME)} is missing or unreadable "
+                              f"({type(error).__name__}: {error}); the checkpoint in {path} is damaged") from error
+    _check_shard_files(path, metadata)
+    return common, metadata
+
+
+def _check_shard_files(path: str, metadata: Metadata) -> None:
+    """Every data file DCP's metadata points into exists and is long enough for every item in it."""
+    needed: dict[str, int] = {}
+    for info in metadata.storage_data.values():
+        needed[info.relative_path] = max(needed.get(info.relative_path, 0), info.offset + info.length)
+    for name, length in sorted(needed.items()):
+        file = os.path.join(path, name)
+        try:
+            size = os.path.getsize(file)
+        except OSError:
+            raise CheckpointError(f"checkpoint shard {file} is missing; the checkpoint in {path} is incomplete. "
+                                  "Restore the file or resume from an earlier checkpoint (edit the tracker).") from None
+        if size < length:
+            raise CheckpointError(f"checkpoint shard {file} is truncated: {size} bytes, its items need {length}. "
+                                  "Restore the file or resume from an earlier checkpoint (edit the tracker).")
