@@ -33,7 +33,8 @@ class DeferredWgradBuffer:
         return self.limit == 0 or self.deferred_this_step < self.limit
 
     def keep(self, x: torch.Tensor, grad_output: torch.Tensor) -> None:
-        self.pending.append((x, grad_output))
+        # Detached: the drain's GEMM must not record autograd history (x requires grad).
+        self.pending.append((x.detach(), grad_output.detach()))
         self.deferred_this_step += 1
 
     def kept_bytes(self) -> int:
@@ -86,8 +87,14 @@ class OutputLayer(nn.Module):
             return torch.matmul(x, real.to(self.compute_dtype).t())
         return _LinearMaybeDeferWgrad.apply(x, real, self.deferred, self.compute_dtype)
 
+    @torch.no_grad()
     def drain_deferred_wgrads(self) -> None:
-        """grad_W += dY^T X for each kept micro-batch, first in first out, accumulated in fp32."""
+        """grad_W += dY^T X for each kept micro-batch, first in first out, accumulated in fp32.
+
+        Under no_grad: otherwise `grad += dY^T X` with X requiring grad gives the weight's .grad an
+        autograd graph that keeps every kept dY alive until the next step (found by the
+        mem-allocated-bytes test in tests/deferral).
+        """
         if self.deferred is None or not self.deferred.pending:
             return
         if self.weight.grad is None:
