@@ -1,0 +1,143 @@
+"""Case loading: Megatron's files parse unchanged; goldtron's extensions; named errors."""
+
+from __future__ import annotations
+
+import pytest
+
+from goldtron.gate import commands
+from goldtron.gate.case import find_cases, load_case, model_args_to_argv
+from goldtron.gate.errors import GateInputError
+from goldtron.gate.launcher import LaunchOptions, trainer_target
+from goldtron.gate.platform import cpu_platform_name, gpu_platform_name
+from goldtron.gate.runner import check_supported, default_nproc, prepare_resume, resume_step
+
+from .conftest import reference_dir, write_case
+
+PLACES = {"TENSORBOARD_PATH": "/tb", "CHECKPOINT_SAVE_PATH": "/ck", "CHECKPOINT_LOAD_PATH": "/ck",
+          "DATA_PATH": "/data", "DATA_CACHE_PATH": "/cache"}
+
+
+def test_every_reference_case_parses_and_builds_its_argv():
+    cases = find_cases(reference_dir())
+    assert len(cases) == 19
+    for case_dir in cases:
+        case = load_case(case_dir)
+        assert case.test_type in ("regular", "ckpt-resume", "frozen-resume")
+        argv = model_args_to_argv(case.model_args, PLACES, str(case.config_file))
+        assert "--tensorboard-dir" in argv and "/tb" in argv and "${" not in " ".join(argv)
+        assert case.metrics == ("lm loss", "num-zeros") and case.launcher == "ft_launcher"
+
+
+def test_seed_case_details():
+    case = load_case(reference_dir() / "gpt3_mcore_te_tp2_pp2_resume_torch_dist_defer_embedding_wgrad_compute")
+    argv = model_args_to_argv(case.model_args, PLACES, "x")
+    assert argv[argv.index("--lr") + 1] == "0.00015" and argv[argv.index("--min-lr") + 1] == "1e-05"
+    assert argv[argv.index("--dist-ckpt-strictness") + 1] == "log_all"  # the yaml comment is not part of it
+    assert "--bf16" in argv and argv[argv.index("--bf16") + 1].startswith("--")  # bare flag
+    assert argv[argv.index("--data-path") + 1].startswith("/data/text/")
+    assert case.deterministic and resume_step(case) == 50
+    assert default_nproc(case, gpu_count=0, nnodes=1) == 4 and default_nproc(case, gpu_count=8, nnodes=1) == 8
+
+
+def test_nondeterministic_cases_are_marked():
+    case = load_case(reference_dir() / "gpt3_mcore_te_tp2_pp1_cp2_nondeterministic")
+    assert not case.deterministic
+
+
+def test_cases_command_lists_reference_cases(capsys):
+    assert commands.cases_main([str(reference_dir())]) == 0
+    out = capsys.readouterr().out
+    assert "gpt3_mcore_te_tp2_pp2_resume_torch_dist_defer_embedding_wgrad_compute" in out and "dev_dgx_h100_2nd" in out
+
+
+def test_platform_override_by_longest_prefix(tmp_path):
+    case = load_case(write_case(tmp_path / "c", extra_args={"--bf16": True}, goldtron={"PLATFORMS": {
+        "cpu": {"MODEL_ARGS": {"--bf16": None, "--num-layers": 1}, "ENV_VARS": {"OMP_NUM_THREADS": 2}},
+        "cpu_avx512": {"NPROC_PER_NODE": 4, "PHASE_TIMEOUT_S": 5}}}))
+    avx512 = case.resolved_for("cpu_avx512")
+    assert avx512.nproc_per_node == 4 and avx512.phase_timeout_s == 5 and "--bf16" in avx512.model_args
+    avx2 = case.resolved_for("cpu_avx2")
+    assert "--bf16" not in avx2.model_args and avx2.model_args["--num-layers"] == 1 and avx2.env_vars["OMP_NUM_THREADS"] == "2"
+    assert case.resolved_for("dgx_h100") is case
+
+
+def test_platform_names():
+    assert gpu_platform_name("NVIDIA H100 80GB HBM3") == "dgx_h100"
+    assert gpu_platform_name("NVIDIA GB200") == "dgx_gb200"
+    assert gpu_platform_name("NVIDIA A100-SXM4-80GB") == "dgx_a100"
+    assert gpu_platform_name("Tesla V100") == "gpu_tesla_v100"
+    assert cpu_platform_name("AVX512") == "cpu_avx512"
+
+
+def test_trainer_targets(tmp_path):
+    assert trainer_target(("python", "-m", "goldtron", "train"), tmp_path) == ["--module", "goldtron", "train"]
+    (tmp_path / "pretrain_gpt.py").write_text("")
+    assert trainer_target(("python", "pretrain_gpt.py"), tmp_path) == [str(tmp_path / "pretrain_gpt.py")]
+    with pytest.raises(GateInputError, match="TRAINER"):
+        trainer_target(("bash", "-c", "rm -rf /"), tmp_path)
+    with pytest.raises(GateInputError, match="not found"):
+        trainer_target(("python", "missing.py"), tmp_path)
+
+
+def test_rendezvous_flags():
+    assert LaunchOptions(2).rendezvous_flags(0) == ["--standalone"]
+    flags = LaunchOptions(2, nnodes=2, node_rank=1, rdzv_endpoint="127.0.0.1:29400").rendezvous_flags(3)
+    assert flags[-1] == "127.0.0.1:29403" and "static" in flags
+    with pytest.raises(GateInputError, match="rdzv-endpoint"):
+        LaunchOptions(2, nnodes=2)
+
+
+def test_prepare_resume_drops_later_checkpoints(tmp_path):
+    for step in (5, 10):
+        (tmp_path / f"iter_{step:07d}").mkdir()
+    prepare_resume(tmp_path, 5)
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text() == "5"
+    assert not (tmp_path / "iter_0000010").exists() and (tmp_path / "iter_0000005").exists()
+    with pytest.raises(GateInputError, match="no checkpoint at iteration 7"):
+        prepare_resume(tmp_path, 7)
+
+
+@pytest.mark.parametrize("content, expected", [
+    ("MODEL_ARGS: {--a: 1\nTEST_TYPE: regular", "malformed YAML (line"),
+    ("- just\n- a list", "expected a mapping"),
+    ("MODEL_ARGS: {--a: 1}", "TEST_TYPE is missing"),
+    ("TEST_TYPE: regular", "MODEL_ARGS is missing"),
+    ("MODEL_ARGS: {a: 1}\nTEST_TYPE: regular", "MODEL_ARGS.a: flags must start with '--'"),
+    ("MODEL_ARGS: {--a: [1, 2]}\nTEST_TYPE: regular", "MODEL_ARGS.--a: expected a single value"),
+    ("MODEL_ARGS: {--a: 1}\nTEST_TYPE: regular\nMETRICS: lm loss", "METRICS"),
+    ("MODEL_ARGS: {--a: 1}\nTEST_TYPE: regular\nN_REPEAT: 0", "N_REPEAT"),
+    ("MODEL_ARGS: {--a: 1}\nTEST_TYPE: regular\nGOLDTRON: {TRAINERS: [x]}", "GOLDTRON: unknown key(s) TRAINERS"),
+    ("MODEL_ARGS: {--a: 1}\nTEST_TYPE: regular\nGOLDTRON: {TRAINER: python}", "GOLDTRON.TRAINER"),
+    ("MODEL_ARGS: {--a: 1}\nTEST_TYPE: regular\nMETRICS: [grad-norm]", "'grad-norm' has no default thresholds"),
+    ("MODEL_ARGS: {--a: 1}\nTEST_TYPE: regular\nGOLDTRON: {PLATFORMS: {cpu: {NPROC: 2}}}", "PLATFORMS.cpu: unknown key(s) NPROC"),
+])
+def test_bad_case_errors_name_file_and_field(tmp_path, content, expected):
+    (tmp_path / "model_config.yaml").write_text(content)
+    with pytest.raises(GateInputError) as error:
+        load_case(tmp_path)
+    assert str(tmp_path / "model_config.yaml") in str(error.value) and expected in str(error.value)
+
+
+def test_unknown_placeholder_is_named(tmp_path):
+    case = load_case(write_case(tmp_path / "c", extra_args={"--data-path": "${DATA_DIR}/x"}))
+    with pytest.raises(GateInputError, match=r"MODEL_ARGS.--data-path: unknown placeholder \$\{DATA_DIR\}"):
+        model_args_to_argv(case.model_args, PLACES, str(case.config_file))
+
+
+def test_unsupported_test_type_loads_and_lists_but_refuses_to_run(tmp_path, capsys):
+    case_dir = write_case(tmp_path / "c", test_type="release")
+    case = load_case(case_dir)
+    assert case.test_type == "release"
+    with pytest.raises(GateInputError, match="TEST_TYPE 'release' is not supported"):
+        check_supported(case)
+    assert commands.test_main([str(case_dir), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "TEST_TYPE 'release' is not supported" in capsys.readouterr().err
+
+
+def test_test_command_usage_errors_exit_two(tmp_path, capsys):
+    assert commands.test_main([]) == 2
+    assert commands.test_main([str(tmp_path / "nowhere")]) == 2
+    assert "not a case folder" in capsys.readouterr().err
+    case_dir = write_case(tmp_path / "c", test_type="ckpt-resume", extra_args={"--save-interval": 3})
+    assert commands.test_main([str(case_dir), "--record", "--output-dir", str(tmp_path / "o")]) == 2
+    assert "Fix: set --save-interval to 5" in capsys.readouterr().err
