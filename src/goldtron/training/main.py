@@ -47,26 +47,21 @@ def _seed_everything(args, pp_rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_and_train(args) -> None:
+def build_trainer(args, ps, device: torch.device):
+    """Model, optimizer, data and schedule for `args` on existing process groups (tests build several
+    trainers in one torchrun launch, so this is separate from group set-up and tear-down)."""
     # Imported here so `goldtron train --help`-style failures stay cheap.
     from goldtron.data.provider import build_datasets, build_tokenizer
     from goldtron.model.gpt import GPTStage
     from goldtron.parallel.p2p import PipelineP2P
     from goldtron.parallel.random import DropoutRNG
     from goldtron.parallel.schedule import Schedule
-    from goldtron.parallel.state import ParallelState
     from goldtron.training.checkpointing import build_checkpointer
     from goldtron.training.loop import Trainer
     from goldtron.training.lr_schedule import LRSchedule
     from goldtron.training.memory import MemoryStats
     from goldtron.training.optimizer import build_optimizer
 
-    torch.set_num_threads(args.torch_threads)
-    if args.deterministic_mode:
-        torch.use_deterministic_algorithms(True)
-    device = _init_distributed(args)
-    ps = ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, device,
-                              args.distributed_backend)
     _seed_everything(args, ps.pp_rank)
 
     tokenizer = build_tokenizer(args)
@@ -90,8 +85,21 @@ def build_and_train(args) -> None:
     trainer.checkpointer = build_checkpointer(args, ps, trainer, rng)
     if memory.cpu_counter is not None:
         memory.cpu_counter.track_existing(model.parameters())
+    return trainer
+
+
+def build_and_train(args) -> None:
+    from goldtron.parallel.state import ParallelState
+
+    torch.set_num_threads(args.torch_threads)
+    if args.deterministic_mode:
+        torch.use_deterministic_algorithms(True)
+    device = _init_distributed(args)
+    ps = ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, device,
+                              args.distributed_backend)
+    trainer = build_trainer(args, ps, device)
     try:
-        with memory:
+        with trainer.memory:
             if trainer.checkpointer is not None:
                 trainer.checkpointer.load(trainer)
             trainer.train()
@@ -100,7 +108,7 @@ def build_and_train(args) -> None:
         if trainer.checkpointer is not None:
             trainer.checkpointer.close()
         # torch can abort at exit if process-group-bound objects outlive the group: free first.
-        del trainer, model, optimizer
+        del trainer
         gc.collect()
         dist.destroy_process_group()
 
