@@ -78,7 +78,9 @@ class GPTStage(nn.Module):
             return None
         if self.embedding is not None:
             return self.embedding.word_embeddings.weight
-        return self.output_layer.weight
+        if self.output_layer is not None:
+            return self.output_layer.weight
+        return None  # a middle stage holds neither copy
 
     def forward(self, stage_input: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
         """First stage: token ids -> hidden; other stages: hidden -> hidden. Last stage: returns

@@ -17,14 +17,22 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
     def forward(ctx, logits: torch.Tensor, target: torch.Tensor, vocab_start: int, group):
         logits = logits.float()
+        if logits.shape[-1] == 0:
+            # A tiny vocabulary over a large TP leaves some ranks only padding: no real logits.
+            local_max = logits.new_full(logits.shape[:-1], float("-inf"))
+        else:
+            local_max = logits.amax(dim=-1)
         # Subtract the global max for a stable exp (all ranks must subtract the same number).
-        logits_max = all_reduce_(logits.amax(dim=-1), group, op=dist.ReduceOp.MAX)
+        logits_max = all_reduce_(local_max, group, op=dist.ReduceOp.MAX)
         shifted = logits - logits_max.unsqueeze(-1)
 
         local_target = target - vocab_start
         outside = (local_target < 0) | (local_target >= logits.shape[-1])
         local_target = local_target.masked_fill(outside, 0)
-        target_logit = shifted.gather(-1, local_target.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
+        if logits.shape[-1] == 0:
+            target_logit = local_max.new_zeros(local_max.shape)
+        else:
+            target_logit = shifted.gather(-1, local_target.unsqueeze(-1)).squeeze(-1).masked_fill(outside, 0.0)
 
         exp = shifted.exp_()  # in place: `shifted` is ours and no longer needed as logits
         sum_exp = exp.sum(dim=-1)
@@ -41,8 +49,9 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
     def backward(ctx, grad_loss: torch.Tensor):
         softmax, local_target, outside = ctx.saved_tensors
         grad = softmax  # reused in place: each backward runs once per forward
-        inside = (~outside).to(grad.dtype)
-        grad.scatter_add_(-1, local_target.unsqueeze(-1), -inside.unsqueeze(-1))
+        if grad.shape[-1] > 0:
+            inside = (~outside).to(grad.dtype)
+            grad.scatter_add_(-1, local_target.unsqueeze(-1), -inside.unsqueeze(-1))
         grad.mul_(grad_loss.unsqueeze(-1))
         return grad, None, None, None
 
