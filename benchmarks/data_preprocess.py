@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 import tempfile
 import time
@@ -49,12 +50,19 @@ def plain_loop(source: Path, prefix: Path) -> int:
 
 
 def main() -> int:
+    work = Path(tempfile.mkdtemp(prefix="goldtron-bench-"))
+    try:
+        return run_benchmarks(work)
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+
+def run_benchmarks(work: Path) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--copies", type=int, default=5, help="copies of the embedded corpus in the input")
     parser.add_argument("--repeats", type=int, default=5)
     args = parser.parse_args()
 
-    work = Path(tempfile.mkdtemp(prefix="goldtron-bench-"))
     source = work / "docs.jsonl"
     documents = embedded_documents()
     with open(source, "w") as handle:

@@ -5,8 +5,8 @@ to `<output-prefix>_<key>_document.{bin,idx}`. A key's value may be a string or 
 strings (sentences). Megatron's rules: a document whose text has no tokens is written as an
 empty document, and `--append-eod` adds the end-of-document id only to non-empty documents.
 
-Lines are read in chunks; chunks are tokenized in `workers` processes (order kept) and written
-by this process. Output is written under a temporary prefix and renamed at the end, so a failed
+Lines are read in chunks; chunks are tokenized in `workers` single-threaded processes (order
+kept; one worker runs in this process) and written by this process. Output is written under a temporary prefix and renamed at the end, so a failed
 run leaves no half-written dataset under the final name.
 """
 
@@ -86,7 +86,9 @@ def encode_chunk(chunk, tokenizer, json_keys, append_eod, input_name):
             texts[key].extend(sentences)
             counts.append(len(sentences))
         shapes.append((line_number, counts))
-    encoded = {key: iter(tokenizer.tokenize_batch(texts[key])) for key in json_keys}
+    # One text at a time: `--workers N` is then exactly N busy cores (the library's batch mode
+    # would add its own threads and oversubscribe a machine shared with training).
+    encoded = {key: iter([tokenizer.tokenize(text) for text in texts[key]]) for key in json_keys}
     documents = []
     for line_number, counts in shapes:
         per_key = []

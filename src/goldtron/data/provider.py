@@ -86,9 +86,10 @@ def _split_datasets(source, cache_dir, name, weights, num_samples, args, tokeniz
             datasets.append(None)
             continue
         if end <= begin:
-            # Megatron's behaviour: a split without documents has no dataset.
-            print(f"goldtron data: --split {args.split!r} gives {split_name} no documents of {name}; "
-                  f"its {wanted} samples are skipped", file=sys.stderr)
+            # Megatron's behaviour: a split without documents has no dataset. Said once, by the builder.
+            if is_builder_rank:
+                print(f"goldtron data: --split {args.split!r} gives {split_name} no documents of {name}; "
+                      f"its {wanted} samples are skipped", file=sys.stderr)
             datasets.append(None)
             continue
         cache = None
