@@ -1,0 +1,91 @@
+"""Read a torch_dist checkpoint in one process, whatever layout saved it: its description
+(`goldtron ckpt inspect`) and its tensors joined into full ones (`goldtron ckpt export --to torch`).
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from dataclasses import dataclass
+
+import torch
+import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.metadata import TensorStorageMetadata
+
+from goldtron.checkpoint.errors import CheckpointError
+from goldtron.checkpoint.global_shard import GlobalShardLoadPlanner
+from goldtron.checkpoint.layout import METADATA_NAME, TRACKER_NAME
+from goldtron.checkpoint.model_state import ADAM_MOMENTS, OPTIMIZER_PREFIX, RNG_PREFIX, is_model_key
+from goldtron.checkpoint.validation import FoundCheckpoint, find_checkpoint, validate_checkpoint_dir
+
+
+def open_checkpoint(path: str) -> FoundCheckpoint:
+    """`path` is a save directory (the tracker picks the iteration) or one iter_XXXXXXX folder."""
+    if os.path.exists(os.path.join(path, METADATA_NAME)):
+        common, metadata = validate_checkpoint_dir(path)
+        return FoundCheckpoint(path, common.get("iteration", "?"), common, metadata)
+    found = find_checkpoint(path)
+    if found is None:
+        raise CheckpointError(f"{path} holds no checkpoint (no {TRACKER_NAME}, no {METADATA_NAME})")
+    return found
+
+
+@dataclass
+class TensorEntry:
+    key: str
+    shape: tuple[int, ...]
+    dtype: torch.dtype
+    chunks: int
+
+    @property
+    def nbytes(self) -> int:
+        numel = 1
+        for size in self.shape:
+            numel *= size
+        return numel * self.dtype.itemsize
+
+
+def tensor_entries(found: FoundCheckpoint) -> list[TensorEntry]:
+    return [TensorEntry(key, tuple(md.size), md.properties.dtype, len(md.chunks))
+            for key, md in sorted(found.dcp_metadata.state_dict_metadata.items())
+            if isinstance(md, TensorStorageMetadata)]
+
+
+def rng_ranks(found: FoundCheckpoint) -> list[str]:
+    return sorted(k[len(RNG_PREFIX):] for k in found.dcp_metadata.state_dict_metadata if k.startswith(RNG_PREFIX))
+
+
+def read_full_tensors(found: FoundCheckpoint) -> dict[str, torch.Tensor]:
+    """Every tensor of the checkpoint at its global shape (one process, no process group)."""
+    targets = {e.key: torch.empty(e.shape, dtype=e.dtype) for e in tensor_entries(found)}
+    with warnings.catch_warnings():
+        # DCP warns that it assumes one process when no process group exists: that is the intent.
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        dcp.load(targets, storage_reader=dcp.FileSystemReader(found.path), planner=GlobalShardLoadPlanner(),
+                 no_dist=True)
+    return targets
+
+
+def plain_state_dict(found: FoundCheckpoint) -> dict:
+    """One plain dict: model tensors by parameter name, Adam state by kind and name, and the
+    replicated state. RNG states are left out: they belong to ranks of the saved layout."""
+    tensors = read_full_tensors(found)
+    out = {
+        "model": {k: v for k, v in tensors.items() if is_model_key(k)},
+        "iteration": found.common["iteration"],
+        "consumed_samples": found.common["consumed_samples"],
+        "opt_param_scheduler": found.common["opt_param_scheduler"],
+        "layout": found.common["layout"],
+        "args": found.common["args"],
+    }
+    optimizer: dict[str, dict[str, torch.Tensor]] = {}
+    for key, value in tensors.items():
+        if key.startswith(OPTIMIZER_PREFIX):
+            kind, name = key[len(OPTIMIZER_PREFIX):].split(".", 1)
+            optimizer.setdefault(kind, {})[name] = value
+    if optimizer:
+        missing = [k for k in (*ADAM_MOMENTS, "step") if k not in optimizer]
+        if missing:
+            raise CheckpointError(f"{found.path}: optimizer state lacks {missing}; the checkpoint is damaged")
+        out["optimizer"] = optimizer
+    return out
