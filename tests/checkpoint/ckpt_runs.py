@@ -1,0 +1,38 @@
+"""Helpers shared by the checkpoint tests: train-and-save runs, rewinding a save directory the way
+Megatron's ckpt-resume test does, and comparisons of per-step metrics."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+from support.torchrun import TINY_MODEL, layout_flags, train_and_read
+
+# name: (processes, tp, pp); DP is what is left.
+LAYOUTS = {
+    "TP1PP1": (1, 1, 1), "DP2": (2, 1, 1), "TP2PP1": (2, 2, 1), "TP4": (4, 4, 1), "PP4": (4, 1, 4),
+    "TP2xPP2": (4, 2, 2),
+}
+
+
+def layout_run(tmp_path: Path, name: str, layout: str, flags: list[str], **kwargs) -> list[dict]:
+    """Train the tiny model under `layout` with extra `flags`; the per-step float64 metrics."""
+    nproc, tp, pp = LAYOUTS[layout]
+    return train_and_read(tmp_path, name, nproc, TINY_MODEL + layout_flags(tp, pp) + flags, **kwargs)
+
+
+def rewind(save_dir: Path, iteration: int) -> None:
+    """Keep checkpoints up to `iteration` and point the tracker at it (as Megatron's ckpt-resume
+    test removes the end checkpoint before the second run)."""
+    for folder in save_dir.glob("iter_*"):
+        if int(folder.name.split("_")[1].split(".")[0]) > iteration:
+            shutil.rmtree(folder)
+    (save_dir / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
+
+
+def after(steps: list[dict], iteration: int) -> list[dict]:
+    return [s for s in steps if s["iteration"] > iteration]
+
+
+def relative(a: float, b: float) -> float:
+    return abs(a - b) / max(abs(b), 1e-12)
