@@ -190,13 +190,13 @@ RULES = [
     pytest.param({"--lr-warmup-iters": 10}, 1, ["warmup", "--lr-decay-iters"], id="warmup-not-shorter"),
     pytest.param({"--use-checkpoint-opt_param-scheduler": True, "--override-opt_param-scheduler": True}, 1,
                  ["--use-checkpoint-opt_param-scheduler", "--override-opt_param-scheduler"], id="scheduler-source"),
-    pytest.param({"--mock-data": None}, 1, ["--data-path", "--mock-data"], id="no-data"),
     pytest.param({"--data-path": [0.5, "A", "B"]}, 1, ["--data-path", "weight-prefix pairs"],
                  id="odd-weighted-data-path"),
     pytest.param({"--data-path": ["heavy", "A", 0.5, "B"]}, 1, ["'heavy'", "not a non-negative weight"],
                  id="bad-data-path-weight"),
     pytest.param({"--split": "90,x"}, 1, ["--split", "949,50,1"], id="split"),
-    pytest.param({"--vocab-size": None}, 1, ["no tokenizer", "--vocab-size"], id="no-tokenizer"),
+    pytest.param({"--tokenizer-type": "NullTokenizer", "--vocab-size": None}, 1, ["NullTokenizer", "--vocab-size V"],
+                 id="null-tokenizer-needs-vocab-size"),
     pytest.param({"--vocab-size": None, "--vocab-file": "v.json"}, 1, ["GPT2BPETokenizer", "--merge-file"],
                  id="bpe-needs-merges"),
     pytest.param({"--micro-batch-size": 0}, 1, ["--micro-batch-size 0", "positive"], id="positive"),
@@ -220,9 +220,16 @@ def test_several_problems_are_reported_together():
     assert "--num-layers 3" in message and "--seq-length 512" in message
 
 
-def test_sequence_parallel_is_dropped_at_tp1_like_megatron():
+def test_sequence_parallel_is_dropped_at_tp1_like_megatron_and_refused_above():
     assert parse({"--sequence-parallel": True}).sequence_parallel is False
-    assert parse({"--sequence-parallel": True, "--tensor-model-parallel-size": 2}, world_size=2).sequence_parallel
+    message = config_error({"--sequence-parallel": True, "--tensor-model-parallel-size": 2}, world_size=2)
+    assert "--sequence-parallel" in message and "does not implement" in message
+
+
+def test_no_data_flags_mean_the_embedded_corpus_with_gpt2_bpe():
+    args = parse({"--mock-data": None, "--vocab-size": None})
+    assert args.data_path is None and not args.mock_data
+    assert args.tokenizer_type == "GPT2BPETokenizer" and args.vocab_file is None
 
 
 # --- flags goldtron does not implement as Megatron does -----------------------------------------

@@ -32,12 +32,16 @@ This file is generated: `python -m goldtron.config.flags_doc > docs/flags.md`.
 - `--torch-threads N` (goldtron only): intra-op threads per rank, default
   `max(1, cpu_count // LOCAL_WORLD_SIZE)`. A different thread count gives different floating-point
   bits on CPU, so pin it when comparing runs bit for bit.
-- `--tokenizer-type` is inferred when absent: `GPT2BPETokenizer` if `--vocab-file`/`--merge-file`
-  are given, `NullTokenizer` if `--vocab-size` is given.
+- No `--data-path` and no `--mock-data`: training runs on goldtron's embedded corpus (real English
+  text, GPT-2 BPE), built on first use (see docs/data.md).
+- `--tokenizer-type` is inferred when absent: `NullTokenizer` if `--vocab-size` is given without BPE
+  files (with `--mock-data` or `--data-path`), otherwise `GPT2BPETokenizer` (GPT-2's own BPE files,
+  shipped with the package, when `--vocab-file`/`--merge-file` are not given).
 - `--mock-data` wins over `--data-path` (as in Megatron: the prefix is then not read).
 - `--save-interval` without `--save`, and both `--use-checkpoint-opt_param-scheduler` and
   `--override-opt_param-scheduler`, are errors.
-- `--sequence-parallel` is switched off at TP 1 (as Megatron does).
+- `--sequence-parallel` is switched off at TP 1 (as Megatron does) and refused above it: goldtron
+  does not implement sequence parallelism yet.
 
 ## Derived fields
 

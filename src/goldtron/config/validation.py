@@ -180,6 +180,9 @@ def _complete_model_shape(args, problems: _Problems) -> None:
                      f"Raise --max-position-embeddings to at least {args.seq_length} or shorten --seq-length.")
     if args.sequence_parallel and tp == 1:
         args.sequence_parallel = False  # Megatron does the same: nothing to split over one TP rank.
+    if args.sequence_parallel:
+        problems.add("--sequence-parallel: goldtron does not implement sequence parallelism yet; drop the flag "
+                     "(the math is the same without it; only activation memory differs).")
     if args.sequence_parallel and args.seq_length % tp:
         problems.add(f"--sequence-parallel splits the sequence over TP, but --seq-length {args.seq_length} is "
                      f"not divisible by --tensor-model-parallel-size {tp}.")
@@ -256,22 +259,21 @@ def _check_checkpointing(args, problems: _Problems) -> None:
 
 def _complete_data_and_tokenizer(args, problems: _Problems) -> None:
     # --mock-data wins over --data-path, as in Megatron (the prefix is then not read).
-    if not args.mock_data and not args.data_path:
-        problems.add("no training data: give --data-path PREFIX (or weighted: 0.3 A 0.7 B), or --mock-data.")
+    # Neither: goldtron's embedded corpus (real English, GPT-2 BPE), built on first use.
     if args.data_path and len(args.data_path) > 1:
         _check_weighted_data_path(args.data_path, problems)
     _check_split(args.split, problems)
 
     if args.tokenizer_type is None:
-        if args.vocab_file is not None or args.merge_file is not None:
-            args.tokenizer_type = "GPT2BPETokenizer"
-        elif args.vocab_size is not None:
+        if args.mock_data and args.vocab_size is not None and args.vocab_file is None:
             args.tokenizer_type = "NullTokenizer"
-    if args.tokenizer_type is None:
-        problems.add("no tokenizer: give --tokenizer-type GPT2BPETokenizer --vocab-file vocab.json --merge-file "
-                     "merges.txt, or --tokenizer-type NullTokenizer --vocab-size V.")
-    elif args.tokenizer_type == "GPT2BPETokenizer" and (args.vocab_file is None or args.merge_file is None):
-        problems.add("--tokenizer-type GPT2BPETokenizer needs both --vocab-file and --merge-file.")
+        elif args.vocab_size is not None and args.data_path and args.vocab_file is None:
+            args.tokenizer_type = "NullTokenizer"
+        else:
+            args.tokenizer_type = "GPT2BPETokenizer"
+    if args.tokenizer_type == "GPT2BPETokenizer" and (args.vocab_file is None) != (args.merge_file is None):
+        problems.add("--tokenizer-type GPT2BPETokenizer: give both --vocab-file and --merge-file, or neither "
+                     "(then GPT-2's own BPE files, shipped with the package, are used).")
     elif args.tokenizer_type == "NullTokenizer" and args.vocab_size is None:
         problems.add("--tokenizer-type NullTokenizer needs --vocab-size V.")
 
