@@ -73,3 +73,16 @@ def train_and_read(tmp_path: Path, name: str, nproc: int, flags: list[str], **kw
     env = dict(kwargs.pop("env", None) or {}, GOLDTRON_METRICS_FILE=str(metrics))
     run_train(nproc, flags, env=env, **kwargs)
     return read_metrics_file(metrics)
+
+
+def run_script(nproc: int, script: str | Path, args: list[str] | None = None, timeout: float = 180,
+               env: dict | None = None) -> subprocess.CompletedProcess:
+    """Run a test script on `nproc` gloo ranks; fails the test on a non-zero exit or the timeout."""
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", str(script), *(args or [])]
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if result.returncode != 0:
+        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
