@@ -121,11 +121,13 @@ def main(argv: list[str]) -> int:
         print(f"goldtron train: error (rank {rank}): {error}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
     from goldtron.checkpoint.errors import CheckpointError
+    from goldtron.data.errors import DataError
 
     try:
         build_and_train(args)
-    except CheckpointError as error:  # raised alike on every rank; the message names the file and fix
-        print(f"goldtron train: checkpoint error (rank {os.environ.get('RANK', '0')}): {error}",
+    except (CheckpointError, DataError) as error:  # the message names the file and the fix
+        kind = "checkpoint" if isinstance(error, CheckpointError) else "data"
+        print(f"goldtron train: {kind} error (rank {os.environ.get('RANK', '0')}): {error}",
               file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
     return 0
