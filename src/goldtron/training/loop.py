@@ -109,6 +109,7 @@ class Trainer:
         if self.valid_ds is None or a.eval_iters <= 0:
             return None
         self.model.eval()
+        self.schedule.trace = StepTrace()  # evaluation spans stay out of the last training step's trace
         total = StepLoss()
         eval_round = max(0, self.iteration // a.eval_interval - 1) if a.eval_interval else 0
         first = eval_round * a.eval_iters * a.global_batch_size
