@@ -141,3 +141,16 @@ def test_test_command_usage_errors_exit_two(tmp_path, capsys):
     case_dir = write_case(tmp_path / "c", test_type="ckpt-resume", extra_args={"--save-interval": 3})
     assert commands.test_main([str(case_dir), "--record", "--output-dir", str(tmp_path / "o")]) == 2
     assert "Fix: set --save-interval to 5" in capsys.readouterr().err
+
+
+def test_cpu_capability_without_torch_matches_torch(monkeypatch):
+    import torch
+
+    from goldtron.gate.platform import cpu_capability, detect_platform
+
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
+    assert cpu_capability() == torch.backends.cpu.get_cpu_capability()
+    if not torch.cuda.is_available():
+        assert detect_platform() == cpu_platform_name(torch.backends.cpu.get_cpu_capability())
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert cpu_capability() == "AVX2"

@@ -11,6 +11,7 @@ writes TensorBoard) prepares the resume, judges and reports.
 from __future__ import annotations
 
 import json
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -73,6 +74,16 @@ def _record(case, request: TestRequest, platform: str, run1: Golden, run2: Golde
         report.notes.append(f"recorded {second}")
 
 
+def _warm_imports(plot: bool) -> None:
+    """Import what judging and plotting need while the first phase trains (they cost seconds
+    on a small CPU, and the gate's process is idle during training)."""
+    import tensorboard.backend.event_processing.event_accumulator  # noqa: F401
+
+    if plot:
+        import matplotlib.backends.backend_agg  # noqa: F401
+        import matplotlib.figure  # noqa: F401
+
+
 def run_test(request: TestRequest) -> int:
     started = time.monotonic()
     platform = request.platform or detect_platform()
@@ -102,6 +113,8 @@ def run_test(request: TestRequest) -> int:
     options = RunOptions(output_dir, request.data_path, launch, request.progress or PhaseProgress(),
                          request.frozen_checkpoint, n_repeat)
     first_run1, training_s, config_error, run1_values = None, 0.0, False, []
+    if judging:
+        threading.Thread(target=_warm_imports, args=(request.plot,), daemon=True).start()
     for index in range(1, n_repeat + 1):
         repeat = run_repeat(case, options, index)
         training_s += repeat.training_wall_s

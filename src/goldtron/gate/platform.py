@@ -10,7 +10,9 @@ changes the bits, but it is a property of the case (pin it in ENV_VARS), not of 
 
 from __future__ import annotations
 
+import os
 import re
+from pathlib import Path
 
 DEFAULT_ENVIRONMENT = "dev"
 # Substring of torch.cuda.get_device_name() -> Megatron's platform name; first match wins,
@@ -36,24 +38,66 @@ def cpu_platform_name(capability: str) -> str:
     return "cpu_" + re.sub(r"[^a-z0-9]+", "_", capability.lower()).strip("_")
 
 
-def has_gpu() -> bool:
-    import torch
+NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
 
-    return torch.cuda.is_available() and torch.cuda.device_count() > 0
+
+def nvidia_gpu_models() -> list[str]:
+    """Model names of the NVIDIA GPUs this process may use, read from the driver (no torch
+    import: importing torch costs the gate seconds before every case)."""
+    if not NVIDIA_GPUS.is_dir():
+        return []
+    models = []
+    for info in sorted(NVIDIA_GPUS.glob("*/information")):
+        for line in info.read_text(errors="replace").splitlines():
+            if line.startswith("Model:"):
+                models.append(line.split(":", 1)[1].strip())
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        models = models[: len([d for d in visible.split(",") if d.strip()])]
+    return models
+
+
+def cpu_capability() -> str:
+    """The vector ISA ATen dispatches to, as `torch.backends.cpu.get_cpu_capability()` says.
+
+    x86 is read from /proc/cpuinfo with ATen's own rule (AVX512 needs avx512f/bw/vl/dq,
+    AVX2 needs avx2 and fma) and its ATEN_CPU_CAPABILITY override; other CPUs ask torch.
+    """
+    override = os.environ.get("ATEN_CPU_CAPABILITY")
+    if override:
+        return override.upper()
+    flags = _cpu_flags()
+    if flags is None:
+        import torch
+
+        return torch.backends.cpu.get_cpu_capability()
+    if {"avx512f", "avx512bw", "avx512vl", "avx512dq"} <= flags:
+        return "AVX512"
+    if {"avx2", "fma"} <= flags:
+        return "AVX2"
+    return "DEFAULT"
+
+
+def _cpu_flags() -> set[str] | None:
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("flags"):
+                    return set(line.split(":", 1)[1].split())
+    except OSError:
+        return None
+    return None
 
 
 def detect_platform() -> str:
-    import torch
-
-    if has_gpu():
-        return gpu_platform_name(torch.cuda.get_device_name(0))
-    return cpu_platform_name(torch.backends.cpu.get_cpu_capability())
+    models = nvidia_gpu_models()
+    if models:
+        return gpu_platform_name(models[0])
+    return cpu_platform_name(cpu_capability())
 
 
 def gpu_count() -> int:
-    import torch
-
-    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+    return len(nvidia_gpu_models())
 
 
 def device_description() -> str:
@@ -63,8 +107,9 @@ def device_description() -> str:
     import torch
 
     cpu = _cpu_model() or std_platform.processor() or std_platform.machine()
-    if has_gpu():
-        return f"{torch.cuda.device_count()} x {torch.cuda.get_device_name(0)}; CPU {cpu}"
+    models = nvidia_gpu_models()
+    if models:
+        return f"{len(models)} x {models[0]}; CPU {cpu}"
     return f"CPU {cpu} ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
 
 
