@@ -6,7 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
-from support.torchrun import TINY_MODEL, layout_flags, train_and_read
+from support.torchrun import TINY_MODEL, layout_flags, read_metrics_file, run_train
 
 # name: (processes, tp, pp); DP is what is left.
 LAYOUTS = {
@@ -15,10 +15,12 @@ LAYOUTS = {
 }
 
 
-def layout_run(tmp_path: Path, name: str, layout: str, flags: list[str], **kwargs) -> list[dict]:
-    """Train the tiny model under `layout` with extra `flags`; the per-step float64 metrics."""
+def layout_run(tmp_path: Path, name: str, layout: str, flags: list[str]) -> tuple[list[dict], str]:
+    """Train the tiny model under `layout` with extra `flags`: (per-step float64 metrics, stdout)."""
     nproc, tp, pp = LAYOUTS[layout]
-    return train_and_read(tmp_path, name, nproc, TINY_MODEL + layout_flags(tp, pp) + flags, **kwargs)
+    metrics = tmp_path / f"{name}.metrics.jsonl"
+    result = run_train(nproc, TINY_MODEL + layout_flags(tp, pp) + flags, env={"GOLDTRON_METRICS_FILE": str(metrics)})
+    return (read_metrics_file(metrics) if metrics.exists() else []), result.stdout
 
 
 def rewind(save_dir: Path, iteration: int) -> None:

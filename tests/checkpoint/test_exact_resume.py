@@ -24,12 +24,13 @@ def test_resume_is_bitwise_exact(layout, tmp_path):
     save = tmp_path / "ckpt"
     flags = ["--train-iters", str(N), "--save", str(save), "--save-interval", str(HALF), "--load", str(save),
              *CASES[layout]]
-    first = layout_run(tmp_path, "first", layout, flags)
+    first, log = layout_run(tmp_path, "first", layout, flags)
+    assert "starting from scratch" in log  # --load names the still-empty save folder
     assert (save / f"iter_{N:07d}" / "metadata.json").exists(), "no end-of-training save"
     assert not list(save.glob("*.in_progress")), "an unfinished checkpoint folder was left behind"
     rewind(save, HALF)
 
-    second = layout_run(tmp_path, "second", layout, flags)
+    second, _ = layout_run(tmp_path, "second", layout, flags)
     assert [s["iteration"] for s in second] == list(range(HALF + 1, N + 1))
     for ours, ref in zip(second, after(first, HALF)):
         for key in COMPARED:
