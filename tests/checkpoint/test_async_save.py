@@ -1,0 +1,108 @@
+"""Issue 3, "What must be shown" 5, in one process: with --async-save, `save` returns while the
+write is still running, the write holds a snapshot (training may change the live weights), the
+tracker moves only when the write is complete, and the next save and the end wait for it.
+
+The write is held at a gate (a wrapper around the real write) so "still running" is a state the
+test controls, not a race it hopes to win. The resume tests run --async-save end to end.
+"""
+
+import threading
+from types import SimpleNamespace
+
+import pytest
+import torch
+import torch.distributed as dist
+
+from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.checkpoint.export import open_checkpoint, plain_state_dict
+from goldtron.model.gpt import GPTStage
+from goldtron.parallel.random import DropoutRNG
+from goldtron.parallel.state import ParallelState
+from goldtron.training import checkpointing
+from goldtron.training.lr_schedule import LRSchedule
+from goldtron.training.optimizer import build_optimizer
+from support.torchrun import TINY_MODEL
+
+
+@pytest.fixture
+def one_rank():
+    if dist.is_initialized():
+        pytest.skip("a process group already exists in this test process")
+    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
+    yield ParallelState.create(1, 1, torch.device("cpu"), "gloo")
+    dist.destroy_process_group()
+
+
+def _trainer(ps, save_dir):
+    args = parse_args(TINY_MODEL + ["--train-iters", "4", "--save", str(save_dir), "--async-save"])
+    args.real_vocab_size = 1001
+    args.padded_vocab_size = padded_vocab_size(1001, args.make_vocab_size_divisible_by, 1)
+    rng = DropoutRNG(args.seed, 0, 0, ps.device)
+    model = GPTStage(args, ps, rng)
+    optimizer = build_optimizer(model, args)
+    for p in model.parameters():  # one optimizer step, so there is Adam state to save
+        p.grad = torch.ones_like(p)
+    optimizer.step()
+    schedule = LRSchedule(args.lr, args.min_lr, args.lr_warmup_samples, args.lr_decay_samples, args.lr_decay_style)
+    trainer = SimpleNamespace(args=args, ps=ps, model=model, optimizer=optimizer, lr_schedule=schedule,
+                              iteration=1, consumed_samples=8)
+    return trainer, checkpointing.build_checkpointer(args, ps, trainer, rng)
+
+
+@pytest.fixture
+def gated_writes(monkeypatch):
+    """Every checkpoint write waits at `gate`; `events` records writes starting and ending."""
+    gate, events = threading.Event(), []
+    real = checkpointing.write_checkpoint
+
+    def held_write(state, common, root, iteration, group):
+        events.append(("start", iteration))
+        gate.wait(timeout=60)
+        path = real(state, common, root, iteration, group)
+        events.append(("end", iteration))
+        return path
+
+    monkeypatch.setattr(checkpointing, "write_checkpoint", held_write)
+    return gate, events
+
+
+def test_async_save_returns_before_the_write_and_saves_a_snapshot(one_rank, gated_writes, tmp_path):
+    gate, events = gated_writes
+    trainer, ckpt = _trainer(one_rank, tmp_path)
+    before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
+
+    ckpt.save(trainer)
+    assert ckpt.pending is not None and not ckpt.pending.done()
+    assert (tmp_path / "iter_0000001.in_progress").is_dir()
+    assert not (tmp_path / "iter_0000001").exists()
+    assert not (tmp_path / "latest_checkpointed_iteration.txt").exists()  # tracker waits for the write
+
+    with torch.no_grad():  # training goes on and changes the live weights
+        for p in trainer.model.parameters():
+            p.add_(1.0)
+    gate.set()
+    ckpt.at_end(trainer)  # iteration already saved: only waits
+    assert events == [("start", 1), ("end", 1)]
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
+
+    saved = plain_state_dict(open_checkpoint(str(tmp_path)))["model"]
+    for name, value in before.items():
+        real = getattr(dict(trainer.model.named_parameters())[name], "real_rows", None)
+        assert saved[name].equal(value if real is None else value[:real]), name
+    ckpt.close()
+
+
+def test_next_save_waits_for_the_previous_write(one_rank, gated_writes, tmp_path):
+    gate, events = gated_writes
+    trainer, ckpt = _trainer(one_rank, tmp_path)
+    ckpt.save(trainer)
+    trainer.iteration = 2
+    second = threading.Thread(target=ckpt.save, args=(trainer,))
+    second.start()
+    second.join(timeout=0.5)  # gives a save that does not wait the time to start its write
+    assert ("start", 2) not in events
+    gate.set()
+    second.join(timeout=60)
+    ckpt.close()
+    assert events == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
+    assert (tmp_path / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
