@@ -100,3 +100,17 @@ def test_missing_golden_fails_and_lists_existing_ones(tmp_path, capsys):
     out = capsys.readouterr().out
     assert f"no golden file {GOLDEN}" in out and "golden_values_lts_dgx_a100.json" in out and "--record" in out
     assert not (tmp_path / "out").exists()  # nothing was launched
+
+
+def test_frozen_resume_trains_on_from_a_stored_checkpoint(recorded, capsys):
+    from goldtron.gate.runner import prepare_resume
+
+    root, resume_case = recorded
+    stored = root / "stored_checkpoint"
+    shutil.copytree(root / "out_record" / "repeat_1" / "checkpoints", stored)
+    prepare_resume(stored, 5)  # as if frozen after iteration 5
+    frozen = write_case(root / "frozen_case", "frozen-resume", goldtron={"FROZEN_CHECKPOINT": str(stored)})
+    # Steps 6-10 of the uninterrupted run, "nan" before: exactly the recorded _2nd golden.
+    shutil.copy(resume_case / SECOND, frozen / GOLDEN)
+    assert commands.test_main([str(frozen), "--output-dir", str(root / "out_frozen"), "--no-plot"]) == 0
+    assert (stored / "latest_checkpointed_iteration.txt").read_text() == "5"  # the stored one is only read

@@ -161,7 +161,8 @@ class Verdict:
         return metric, step
 
 
-def _relative(actual: float, reference: float) -> float:
+def relative_difference(actual: float, reference: float) -> float:
+    """|actual - reference| / |reference|; 0 when equal, inf when either is inf or reference is 0."""
     if actual == reference:
         return 0.0
     if math.isinf(actual) or math.isinf(reference):
@@ -172,7 +173,7 @@ def _relative(actual: float, reference: float) -> float:
 def _difference(kind: CheckKind, actual: float, reference: float) -> float:
     """What the report shows as a step's difference: absolute for exact checks, relative otherwise."""
     if kind != "exact":
-        return _relative(actual, reference)
+        return relative_difference(actual, reference)
     if actual == reference:
         return 0.0
     return abs(actual - reference) if math.isfinite(actual) and math.isfinite(reference) else math.inf

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-import math
 import sys
 from pathlib import Path
 
 from goldtron.gate.actual import load_actual
+from goldtron.gate.checks import relative_difference
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.golden import RECORDED_METRICS, golden_from_scalars, load_golden, write_golden
 
@@ -44,20 +44,12 @@ def diff(first: Path, second: Path) -> int:
             print(f"{metric}: identical ({len(steps)} steps)")
             continue
         differ = True
-        worst = max(changed, key=lambda s: _relative(a[metric].numeric(s), b[metric].numeric(s)))
+        worst = max(changed, key=lambda s: relative_difference(a[metric].numeric(s), b[metric].numeric(s)))
         print(f"{metric}: {len(changed)} of {len(steps)} steps differ; first at step {changed[0]} "
               f"({a[metric].values.get(changed[0], 'missing')} vs {b[metric].values.get(changed[0], 'missing')}); "
-              f"largest relative difference {_relative(a[metric].numeric(worst), b[metric].numeric(worst)):.3g} "
+              f"largest relative difference {relative_difference(a[metric].numeric(worst), b[metric].numeric(worst)):.3g} "
               f"at step {worst}")
     return 1 if differ else 0
-
-
-def _relative(x: float, y: float) -> float:
-    if x == y:
-        return 0.0
-    if not (math.isfinite(x) and math.isfinite(y)) or y == 0:
-        return math.inf
-    return abs(x - y) / abs(y)
 
 
 def golden_files(paths: list[Path]) -> list[Path]:
