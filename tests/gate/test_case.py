@@ -154,3 +154,14 @@ def test_cpu_capability_without_torch_matches_torch(monkeypatch):
         assert detect_platform() == cpu_platform_name(torch.backends.cpu.get_cpu_capability())
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     assert cpu_capability() == "AVX2"
+
+
+def test_bad_golden_is_rejected_before_launching(tmp_path, capsys):
+    from goldtron.gate.platform import detect_platform
+
+    case_dir = write_case(tmp_path / "c")
+    golden = case_dir / f"golden_values_dev_{detect_platform()}.json"
+    golden.write_text('{"lm loss": {"start_step": 1, "end_step": 1, "step_interval": 1, "values": {"1": "ten"}}}')
+    assert commands.test_main([str(case_dir), "--output-dir", str(tmp_path / "out")]) == 2
+    assert f"{golden}: metric 'lm loss' values['1']" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

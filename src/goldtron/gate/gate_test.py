@@ -105,6 +105,8 @@ def run_test(request: TestRequest) -> int:
         print(f"FAIL {case.name}: {error}")  # a missing golden is a failed gate, not a bad case
         return EXIT_FAIL
     deterministic = case.deterministic and not request.allow_nondeterministic
+    if case.ignored_keys:
+        report.notes.append(f"{case.config_file}: ignored top-level key(s) {', '.join(case.ignored_keys)}")
     if not case.deterministic:
         report.notes.append("case is non-deterministic (NVTE_ALLOW_NONDETERMINISTIC_ALGO=1): exact checks skipped")
 
