@@ -67,6 +67,7 @@ def test_platform_names():
     assert gpu_platform_name("NVIDIA A100-SXM4-80GB") == "dgx_a100"
     assert gpu_platform_name("Tesla V100") == "gpu_tesla_v100"
     assert cpu_platform_name("AVX512") == "cpu_avx512"
+    assert cpu_platform_name("AVX512", "intel") == "cpu_intel_avx512"
 
 
 def test_trainer_targets(tmp_path):
@@ -146,12 +147,12 @@ def test_test_command_usage_errors_exit_two(tmp_path, capsys):
 def test_cpu_capability_without_torch_matches_torch(monkeypatch):
     import torch
 
-    from goldtron.gate.platform import cpu_capability, detect_platform
+    from goldtron.gate.platform import cpu_capability, cpu_vendor, detect_platform
 
     monkeypatch.delenv("ATEN_CPU_CAPABILITY", raising=False)
     assert cpu_capability() == torch.backends.cpu.get_cpu_capability()
     if not torch.cuda.is_available():
-        assert detect_platform() == cpu_platform_name(torch.backends.cpu.get_cpu_capability())
+        assert detect_platform() == cpu_platform_name(torch.backends.cpu.get_cpu_capability(), cpu_vendor())
     monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
     assert cpu_capability() == "AVX2"
 

@@ -1,11 +1,12 @@
 """Name the machine a run happens on, so the gate picks the golden file recorded on its kind.
 
 GPUs are named as Megatron names them (`dgx_h100`, `dgx_a100`, `dgx_h200`, `dgx_gb200`, ...).
-CPUs are named `cpu_<isa>` from the vector instruction set PyTorch dispatches to
-(`torch.backends.cpu.get_cpu_capability()`: `cpu_avx512`, `cpu_avx2`, `cpu_default`, ...):
-the kernel ATen picks for matmul and reductions changes the order of fp32 additions, so the
-ISA is what makes two CPUs give different bits for the same run. The thread count also
-changes the bits, but it is a property of the case (pin it in ENV_VARS), not of the machine.
+CPUs are named `cpu_<vendor>_<isa>` (`cpu_intel_avx512`, `cpu_amd_avx2`, ...): the vector
+instruction set PyTorch dispatches to (`torch.backends.cpu.get_cpu_capability()`) and the
+vendor together decide which matmul and reduction kernels run (the BLAS picks different code
+paths on Intel and AMD parts with the same ISA), and so the order of fp32 additions: they are
+what makes two CPUs give different bits for the same run. The thread count also changes the
+bits, but it is a property of the case (pin it in ENV_VARS), not of the machine.
 """
 
 from __future__ import annotations
@@ -34,8 +35,24 @@ def gpu_platform_name(device_name: str) -> str:
     return "gpu_" + re.sub(r"[^a-z0-9]+", "_", device_name.lower()).strip("_")
 
 
-def cpu_platform_name(capability: str) -> str:
-    return "cpu_" + re.sub(r"[^a-z0-9]+", "_", capability.lower()).strip("_")
+def cpu_platform_name(capability: str, vendor: str | None = None) -> str:
+    parts = ["cpu"] + ([vendor] if vendor else []) + [capability]
+    return "_".join(re.sub(r"[^a-z0-9]+", "_", part.lower()).strip("_") for part in parts)
+
+
+CPU_VENDORS = {"GenuineIntel": "intel", "AuthenticAMD": "amd"}
+
+
+def cpu_vendor() -> str | None:
+    """`intel`, `amd`, or None when /proc/cpuinfo names neither (other vendors: ISA only)."""
+    try:
+        with open("/proc/cpuinfo") as cpuinfo:
+            for line in cpuinfo:
+                if line.startswith("vendor_id"):
+                    return CPU_VENDORS.get(line.split(":", 1)[1].strip())
+    except OSError:
+        return None
+    return None
 
 
 NVIDIA_GPUS = Path("/proc/driver/nvidia/gpus")
@@ -93,7 +110,7 @@ def detect_platform() -> str:
     models = nvidia_gpu_models()
     if models:
         return gpu_platform_name(models[0])
-    return cpu_platform_name(cpu_capability())
+    return cpu_platform_name(cpu_capability(), cpu_vendor())
 
 
 def gpu_count() -> int:
