@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import yaml
 
 from goldtron.gate import commands
 from goldtron.gate.case import find_cases, load_case, model_args_to_argv
@@ -166,3 +167,17 @@ def test_bad_golden_is_rejected_before_launching(tmp_path, capsys):
     assert commands.test_main([str(case_dir), "--output-dir", str(tmp_path / "out")]) == 2
     assert f"{golden}: metric 'lm loss' values['1']" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_platform_tolerances_override_the_case_per_metric(tmp_path):
+    case_dir = tmp_path / "case"
+    case_dir.mkdir()
+    (case_dir / "model_config.yaml").write_text(yaml.safe_dump({
+        "MODEL_ARGS": {"--train-iters": 10}, "TEST_TYPE": "regular",
+        "METRICS": ["lm loss", "iteration-time"],
+        "GOLDTRON": {"TOLERANCES": {"lm loss": {"approx_rtol": 0.02}},
+                     "PLATFORMS": {"cpu": {"TOLERANCES": {"iteration-time": {"approx_rtol": 0.5}}}}}}))
+    case = load_case(case_dir)
+    cpu = case.resolved_for("cpu_intel_avx512")
+    assert cpu.tolerances == {"lm loss": {"approx_rtol": 0.02}, "iteration-time": {"approx_rtol": 0.5}}
+    assert case.resolved_for("dgx_h100").tolerances == {"lm loss": {"approx_rtol": 0.02}}

@@ -33,7 +33,7 @@ SUPPORTED_TEST_TYPES = ("regular", "ckpt-resume", "frozen-resume")
 PLACEHOLDERS = ("TENSORBOARD_PATH", "CHECKPOINT_SAVE_PATH", "CHECKPOINT_LOAD_PATH", "DATA_PATH", "DATA_CACHE_PATH")
 MEGATRON_KEYS = ("ENV_VARS", "MODEL_ARGS", "TEST_TYPE", "METRICS", "N_REPEAT", "MODE", "LAUNCHER")
 GOLDTRON_KEYS = ("TRAINER", "PHASE_TIMEOUT_S", "NPROC_PER_NODE", "FROZEN_CHECKPOINT", "TOLERANCES", "BANDS", "PLATFORMS")
-PLATFORM_KEYS = ("NPROC_PER_NODE", "MODEL_ARGS", "ENV_VARS", "PHASE_TIMEOUT_S", "N_REPEAT", "TRAINER")
+PLATFORM_KEYS = ("NPROC_PER_NODE", "MODEL_ARGS", "ENV_VARS", "PHASE_TIMEOUT_S", "N_REPEAT", "TRAINER", "TOLERANCES")
 DEFAULT_TRAINER = ("python", "-m", "goldtron", "train")
 DEFAULT_PHASE_TIMEOUT_S = 3600.0
 # Megatron marks a case non-deterministic through this variable; exact checks are then skipped.
@@ -106,7 +106,7 @@ class Case:
             mode=self.mode, trainer=tuple(override.get("TRAINER", self.trainer)),
             phase_timeout_s=float(override.get("PHASE_TIMEOUT_S", self.phase_timeout_s)),
             nproc_per_node=override.get("NPROC_PER_NODE", self.nproc_per_node),
-            frozen_checkpoint=self.frozen_checkpoint, tolerances=self.tolerances,
+            frozen_checkpoint=self.frozen_checkpoint, tolerances=_merge_tolerances(self.tolerances, override),
             bands_stats=self.bands_stats, bands_sigmas=self.bands_sigmas, platforms={},
             ignored_keys=self.ignored_keys)
 
@@ -119,6 +119,14 @@ class Case:
 
 def golden_file_name(environment: str, platform: str, second_run: bool = False) -> str:
     return f"golden_values_{environment}_{platform}{'_2nd' if second_run else ''}.json"
+
+
+def _merge_tolerances(base: dict, override: dict) -> dict:
+    """Per metric, the platform's TOLERANCES keys replace the case's (a CPU's timing is noisier)."""
+    merged = {metric: dict(values) for metric, values in base.items()}
+    for metric, values in (override.get("TOLERANCES") or {}).items():
+        merged[metric] = dict(merged.get(metric, {}), **values)
+    return merged
 
 
 def _merge(base: dict, override: dict) -> dict:
@@ -238,6 +246,9 @@ def _parse_platforms(raw: object, source: Path) -> dict[str, dict]:
             _positive_number(override["PHASE_TIMEOUT_S"], f"{where}.PHASE_TIMEOUT_S", source, integer=False)
         if "TRAINER" in override:
             _trainer(override["TRAINER"], f"{where}.TRAINER", source)
+        tolerances = _require_mapping(override.get("TOLERANCES"), f"{where}.TOLERANCES", source)
+        for metric in tolerances:
+            checks_for(metric, tolerances, f"{source}: {where}.TOLERANCES")  # validates early
         platforms[name] = override
     return platforms
 
