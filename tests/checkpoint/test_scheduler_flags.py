@@ -43,6 +43,7 @@ def test_changed_schedule_without_a_flag_is_an_error(saved):
 def test_override_takes_the_flags_schedule_from_the_saved_position(saved, tmp_path):
     save, first = saved
     steps = _resume(tmp_path, save, NEW_LR + ["--override-opt_param-scheduler"])
+    assert [s["iteration"] for s in steps] == list(range(HALF + 1, N + 1))
     expected = LRSchedule(2e-3, 1e-4, WARMUP_ITERS * GLOBAL_BATCH, N * GLOBAL_BATCH, "cosine")
     for step in steps:
         expected.num_samples = step["iteration"] * GLOBAL_BATCH  # logged after the step's increment
