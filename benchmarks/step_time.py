@@ -112,15 +112,15 @@ def profile_side_by_side(goldtron_step, reference_step, rounds: int, rows: int) 
     for _ in range(rounds):
         for side, run in ((0, goldtron_step), (1, reference_step)):
             for name, (seconds, calls) in op_times(run).items():
-                entry = totals.setdefault(name, [0.0, 0.0, 0, 0])
+                entry = totals.setdefault(name, [0.0, 0.0, 0.0, 0.0])
                 entry[side] += seconds / rounds
-                entry[2 + side] += calls // rounds
+                entry[2 + side] += calls / rounds
     print(f"\nprofile: self CPU ms per step by op, {rounds} alternating steps of each "
           "(profiler overhead included; compare columns, not with the timings above)")
     print(f"  {'op':<58} {'goldtron':>9} {'reference':>9} {'calls g/r':>11}")
     order = sorted(totals.items(), key=lambda kv: -max(kv[1][0], kv[1][1]))
     for name, (g, r, gc, rc) in order[:rows]:
-        print(f"  {name[:58]:<58} {g * 1000:9.1f} {r * 1000:9.1f} {gc:>5}/{rc:<5}")
+        print(f"  {name[:58]:<58} {g * 1000:9.1f} {r * 1000:9.1f} {gc:>5.0f}/{rc:<5.0f}")
     g_total, r_total = (sum(v[i] for v in totals.values()) for i in (0, 1))
     print(f"  {'total':<58} {g_total * 1000:9.1f} {r_total * 1000:9.1f}")
 
