@@ -1,4 +1,5 @@
-"""Issue 3, "What must be shown" 6: the LR schedule on resume follows Megatron's two flags.
+"""Issue 3, "What must be shown" 6: the LR schedule on resume follows Megatron's two flags; and
+--finetune loads the weights only.
 
 Run 1 (--lr 1e-3) saves at N/2; each resume asks for --lr 2e-3:
 - neither flag: the difference is an error that names --lr and both flags;
@@ -57,3 +58,15 @@ def test_use_checkpoint_keeps_the_saved_schedule(saved, tmp_path):
     steps = _resume(tmp_path, save, NEW_LR + ["--use-checkpoint-opt_param-scheduler"])
     for step, ref in zip(steps, after(first, HALF), strict=True):
         assert (step["learning_rate"], step["lm_loss"]) == (ref["learning_rate"], ref["lm_loss"])
+
+
+def test_finetune_loads_weights_only(saved, tmp_path):
+    """Iteration, data position, schedule and Adam start fresh; the weights are the checkpoint's,
+    so the first step's loss is not the from-scratch one."""
+    save, first = saved
+    steps, log = layout_run(tmp_path, "finetune", "TP1PP1", NO_DROPOUT + ["--train-iters", str(N), "--load",
+                                                                          str(save), "--finetune"])
+    assert "at iteration 0 (model)" in log
+    assert [s["iteration"] for s in steps] == list(range(1, N + 1))
+    assert [s["learning_rate"] for s in steps] == [s["learning_rate"] for s in first]
+    assert steps[0]["lm_loss"] != first[0]["lm_loss"]
