@@ -46,24 +46,32 @@ def _wgrad(x: torch.Tensor, grad_output: torch.Tensor) -> torch.Tensor:
     return torch.matmul(grad_output.reshape(-1, grad_output.shape[-1]).t(), x.reshape(-1, x.shape[-1])).float()
 
 
-class _LinearMaybeDeferWgrad(torch.autograd.Function):
+class _OutputLinear(torch.autograd.Function):
+    """logits = X W_real^T whose weight-gradient is added to `W.grad` by the layer itself.
+
+    Autograd would return dW for the slice W[:real_rows] and then pay a zero-filled full-size
+    copy per micro-batch to turn it into W's gradient; adding dY^T X into the real rows of
+    `W.grad` in place (now, or at the drain when deferred) avoids that, and is the same place
+    the deferred GEMMs accumulate into. The weight input therefore gets no autograd gradient.
+    """
+
     @staticmethod
-    def forward(ctx, x, weight, buffer, compute_dtype):
-        ctx.buffer = buffer
-        ctx.save_for_backward(x, weight)
-        ctx.compute_dtype = compute_dtype
-        return torch.matmul(x, weight.to(compute_dtype).t())
+    def forward(ctx, x, weight, layer):
+        ctx.layer = layer
+        ctx.save_for_backward(x)
+        return torch.matmul(x, layer.real_weight(weight).t())
 
     @staticmethod
     def backward(ctx, grad_output):
-        x, weight = ctx.saved_tensors
-        grad_output = grad_output.to(ctx.compute_dtype)
-        grad_x = torch.matmul(grad_output, weight.to(ctx.compute_dtype))
-        buffer: DeferredWgradBuffer | None = ctx.buffer
-        if buffer is not None and buffer.should_defer():
-            buffer.keep(x, grad_output)
-            return grad_x, None, None, None
-        return grad_x, _wgrad(x, grad_output), None, None
+        (x,) = ctx.saved_tensors
+        layer: OutputLayer = ctx.layer
+        grad_output = grad_output.to(layer.compute_dtype)
+        grad_x = torch.matmul(grad_output, layer.real_weight(layer.weight))
+        if layer.deferred is not None and layer.deferred.should_defer():
+            layer.deferred.keep(x, grad_output)
+        else:
+            layer.accumulate_wgrad(x, grad_output)
+        return grad_x, None, None
 
 
 class OutputLayer(nn.Module):
@@ -80,27 +88,30 @@ class OutputLayer(nn.Module):
         self.compute_dtype = compute_dtype
         self.deferred = None if defer_limit is None else DeferredWgradBuffer(defer_limit)
 
+    def real_weight(self, weight: torch.Tensor) -> torch.Tensor:
+        return weight.detach()[: weight.real_rows].to(self.compute_dtype)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = copy_to_tensor_parallel(x, self.tp_group)
-        real = self.weight[: self.weight.real_rows]
-        if self.deferred is None:
-            return torch.matmul(x, real.to(self.compute_dtype).t())
-        return _LinearMaybeDeferWgrad.apply(x, real, self.deferred, self.compute_dtype)
+        return _OutputLinear.apply(x, self.weight, self)
 
     @torch.no_grad()
-    def drain_deferred_wgrads(self) -> None:
-        """grad_W += dY^T X for each kept micro-batch, first in first out, accumulated in fp32.
+    def accumulate_wgrad(self, x: torch.Tensor, grad_output: torch.Tensor) -> None:
+        """W.grad[real rows] += dY^T X, in fp32 (the main-gradient dtype).
 
-        Under no_grad: otherwise `grad += dY^T X` with X requiring grad gives the weight's .grad an
-        autograd graph that keeps every kept dY alive until the next step (found by the
+        Under no_grad and on detached tensors: otherwise the in-place add would give the weight's
+        .grad an autograd graph that keeps every dY alive until the next step (found by the
         mem-allocated-bytes test in tests/deferral).
         """
-        if self.deferred is None or not self.deferred.pending:
-            return
         if self.weight.grad is None:
             self.weight.grad = torch.zeros_like(self.weight)
-        real_grad = self.weight.grad[: self.weight.real_rows]
+        self.weight.grad[: self.weight.real_rows] += _wgrad(x.detach(), grad_output.detach())
+
+    def drain_deferred_wgrads(self) -> None:
+        """The kept weight-gradient GEMMs, first in first out, accumulated in fp32."""
+        if self.deferred is None or not self.deferred.pending:
+            return
         for x, grad_output in self.deferred.pending:
-            real_grad += _wgrad(x, grad_output)
+            self.accumulate_wgrad(x, grad_output)
             self.deferred.drained_gemms += 1
         self.deferred.pending.clear()
