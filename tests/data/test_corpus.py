@@ -1,8 +1,9 @@
 """The embedded corpus: built on first use, Megatron's file layout, idempotent, safe in parallel."""
 
 import json
-import multiprocessing
 import os
+import subprocess
+import sys
 
 import numpy as np
 import pytest
@@ -63,13 +64,20 @@ def test_truncated_corpus_is_rebuilt(tmp_path):
     assert len(IndexedDataset(paths["prefix"])) > 0  # would raise on a size mismatch
 
 
-def build_in_child(directory):
-    return ensure_embedded_corpus(directory)["prefix"]
+BUILD_IN_CHILD = "import sys; from goldtron.data.corpus import ensure_embedded_corpus; " \
+                 "print(ensure_embedded_corpus(sys.argv[1])['prefix'])"
 
 
 def test_parallel_first_use_is_safe(tmp_path):
-    with multiprocessing.get_context("spawn").Pool(3) as pool:
-        prefixes = pool.map(build_in_child, [tmp_path] * 3)
+    # Three separate processes (not a multiprocessing pool, which hangs if a child cannot
+    # import the test module) build the same corpus folder at once.
+    children = [subprocess.Popen([sys.executable, "-c", BUILD_IN_CHILD, str(tmp_path)], stdout=subprocess.PIPE,
+                                 stderr=subprocess.PIPE, text=True) for _ in range(3)]
+    prefixes = []
+    for child in children:
+        out, err = child.communicate(timeout=120)
+        assert child.returncode == 0, err[-2000:]
+        prefixes.append(out.strip().splitlines()[-1])
     assert len(set(prefixes)) == 1
     assert len(IndexedDataset(prefixes[0])) == len(embedded_documents())
     leftovers = [name for name in os.listdir(tmp_path) if name.startswith(".corpus-build-")]
