@@ -1,11 +1,13 @@
 """Read a torch_dist checkpoint in one process, whatever layout saved it: its description
-(`goldtron ckpt inspect`) and its tensors joined into full ones (`goldtron ckpt export --to torch`).
+(`goldtron ckpt inspect`) and its tensors joined into full ones (`goldtron ckpt export --to torch`,
+and the model tensors that `--to hf` renames: see hf_export.py).
 """
 
 from __future__ import annotations
 
 import os
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -55,9 +57,10 @@ def rng_ranks(found: FoundCheckpoint) -> list[str]:
     return sorted(k[len(RNG_PREFIX):] for k in found.dcp_metadata.state_dict_metadata if k.startswith(RNG_PREFIX))
 
 
-def read_full_tensors(found: FoundCheckpoint) -> dict[str, torch.Tensor]:
-    """Every tensor of the checkpoint at its global shape (one process, no process group)."""
-    targets = {e.key: torch.empty(e.shape, dtype=e.dtype) for e in tensor_entries(found)}
+def read_full_tensors(found: FoundCheckpoint, wanted: Callable[[str], bool] = lambda key: True) -> dict[str, torch.Tensor]:
+    """The checkpoint's tensors whose key is `wanted`, at their global shape (one process, no
+    process group). DCP reads only the requested keys, so a model-only read skips the Adam state."""
+    targets = {e.key: torch.empty(e.shape, dtype=e.dtype) for e in tensor_entries(found) if wanted(e.key)}
     with warnings.catch_warnings():
         # DCP warns that it assumes one process when no process group exists: that is the intent.
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
@@ -89,3 +92,8 @@ def plain_state_dict(found: FoundCheckpoint) -> dict:
             raise CheckpointError(f"{found.path}: optimizer state lacks {missing}; the checkpoint is damaged")
         out["optimizer"] = optimizer
     return out
+
+
+def model_tensors(found: FoundCheckpoint) -> dict[str, torch.Tensor]:
+    """The model's full tensors by parameter name (vocabulary weights with their real rows)."""
+    return read_full_tensors(found, is_model_key)

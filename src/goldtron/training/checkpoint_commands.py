@@ -1,4 +1,5 @@
-"""`goldtron ckpt inspect DIR` and `goldtron ckpt export DIR --to torch OUT.pt`.
+"""`goldtron ckpt inspect DIR`, `goldtron ckpt export DIR --to torch OUT.pt` and
+`goldtron ckpt export DIR --to hf OUTDIR` (a Hugging Face GPT-2 folder).
 
 Both read a checkpoint in this one process, whatever layout saved it (no torchrun needed).
 """
@@ -22,9 +23,11 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     export = sub.add_parser("export", help="write the checkpoint in another format")
     export.add_argument("dir", help="a --save directory or an iter_XXXXXXX folder")
-    export.add_argument("--to", required=True, choices=["torch"],
-                        help="torch: one plain state dict file for torch.load")
-    export.add_argument("out", help="output file")
+    export.add_argument("--to", required=True, choices=["torch", "hf"],
+                        help="torch: one plain state dict file for torch.load; "
+                             "hf: a Hugging Face GPT-2 folder (config.json, pytorch_model.bin) for "
+                             "transformers.GPT2LMHeadModel.from_pretrained")
+    export.add_argument("out", help="output file (torch) or folder (hf)")
     return parser
 
 
@@ -88,7 +91,7 @@ def _print_text(d: dict) -> None:
 
 def main(argv: list[str]) -> int:
     args = _parser().parse_args(argv)
-    from goldtron.checkpoint.export import open_checkpoint, plain_state_dict
+    from goldtron.checkpoint.export import model_tensors, open_checkpoint, plain_state_dict
 
     try:
         found = open_checkpoint(args.dir)
@@ -98,6 +101,13 @@ def main(argv: list[str]) -> int:
                 print(json.dumps(description, indent=1))
             else:
                 _print_text(description)
+            return 0
+        if args.to == "hf":
+            from goldtron.checkpoint.hf_export import write_hf_folder
+
+            write_hf_folder(model_tensors(found), found.common, args.out)
+            print(f"wrote {args.out} (iteration {found.common['iteration']}, Hugging Face GPT-2: config.json, "
+                  "pytorch_model.bin)")
             return 0
         import torch
 
