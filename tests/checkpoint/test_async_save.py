@@ -77,6 +77,7 @@ def test_async_save_returns_before_the_write_and_saves_a_snapshot(one_rank, gate
     assert not (tmp_path / "iter_0000001").exists()
     assert not (tmp_path / "latest_checkpointed_iteration.txt").exists()  # tracker waits for the write
 
+    ckpt.before_optimizer_step()  # what the loop calls before the weights change
     with torch.no_grad():  # training goes on and changes the live weights
         for p in trainer.model.parameters():
             p.add_(1.0)

@@ -3,6 +3,7 @@
     checkpointer = build_checkpointer(args, ps, trainer, rng)   # None without --save/--load
     checkpointer.load(trainer)        # before training: restore, or say "starting from scratch"
     checkpointer.after_step(trainer)  # save every --save-interval iterations
+    checkpointer.before_optimizer_step()  # --async-save: wait until the background copy exists
     checkpointer.at_end(trainer)      # final save (as Megatron), then wait for any background write
     checkpointer.close()              # always: never leave a background write behind
 
@@ -14,6 +15,7 @@ Errors a person must fix are CheckpointError, raised alike on every rank.
 from __future__ import annotations
 
 import os
+import threading
 import time
 
 import torch.distributed as dist
@@ -47,6 +49,7 @@ class Checkpointer:
         # collectives then never interleave with the training loop's on the same group.
         self.group = dist.new_group(backend="gloo")
         self.pending: BackgroundWrite | None = None
+        self.snapshot_taken: threading.Event | None = None  # --async-save: set when the copy exists
         self.last_saved_iteration: int | None = None
         self.blocked_seconds = 0.0  # time the loop spent inside save calls (benchmarks read it)
 
@@ -76,24 +79,45 @@ class Checkpointer:
         a, ps, iteration = self.args, self.ps, trainer.iteration
         with_optimizer = not a.no_save_optim and has_optimizer_state(trainer.optimizer)
         placements = parameter_placements(trainer.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)
-        state = model_and_optimizer_state(placements, trainer.optimizer if with_optimizer else None,
-                                          snapshot=a.async_save)
+        optimizer = trainer.optimizer if with_optimizer else None
+        # Small state is taken now, whatever the mode: RNG streams and counters move every step.
+        extra = {}
         if not a.no_save_rng:
-            state[rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)] = rng_state.capture(self.rng)
+            extra[rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)] = rng_state.capture(self.rng)
         common = build_common_state(trainer, with_optimizer, not a.no_save_rng)
         self._log(f"saving checkpoint at iteration {iteration:7d} to {a.save} in torch_dist format")
         prepare_in_progress_dir(a.save, iteration, self.group)
 
-        def write() -> None:
-            path = write_checkpoint(state, common, a.save, iteration, self.group)
+        def write(state: dict) -> None:
+            path = write_checkpoint(dict(state, **extra), common, a.save, iteration, self.group)
             self._log(f"  successfully saved checkpoint from iteration {iteration:7d} to {path}")
 
         if a.async_save:
-            self.pending = BackgroundWrite(write, f"iteration {iteration}")
+            # The copy of weights and Adam state is taken in the background too: nothing changes
+            # them until the next optimizer step, which waits for it (before_optimizer_step).
+            snapshot_taken = threading.Event()
+
+            def snapshot_then_write() -> None:
+                try:
+                    state = model_and_optimizer_state(placements, optimizer, snapshot=True)
+                finally:
+                    snapshot_taken.set()  # also on failure: the loop must not wait forever
+                write(state)
+
+            self.snapshot_taken = snapshot_taken
+            self.pending = BackgroundWrite(snapshot_then_write, f"iteration {iteration}")
         else:
-            write()
+            write(model_and_optimizer_state(placements, optimizer, snapshot=False))
         self.last_saved_iteration = iteration
         self.blocked_seconds += time.perf_counter() - start
+
+    def before_optimizer_step(self) -> None:
+        """--async-save: the background snapshot must be complete before the weights change."""
+        if self.snapshot_taken is not None:
+            start = time.perf_counter()
+            self.snapshot_taken.wait()
+            self.snapshot_taken = None
+            self.blocked_seconds += time.perf_counter() - start
 
     def wait(self) -> None:
         if self.pending is not None:

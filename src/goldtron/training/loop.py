@@ -78,6 +78,8 @@ class Trainer:
             num_zeros = grads.count_zeros(grad_views, ps) if a.log_num_zeros_in_grad else None
             grads.clip_gradients_(self.params, grad_norm, a.clip_grad)
         with trace.span("optimizer"):
+            if self.checkpointer is not None:
+                self.checkpointer.before_optimizer_step()  # an async save's copy must be complete
             self.optimizer.step()
         self.lr_schedule.step(a.global_batch_size)
         self.iteration += 1
