@@ -170,7 +170,7 @@ def main() -> int:
     for _ in range(o.steps):  # interleaved: machine load hits both alike
         values = trainer.train_step()
         ours.append(values["iteration_time"])
-        for kind, seconds in trainer.traces[-1].totals().items():
+        for kind, seconds in trainer.last_trace.totals().items():
             spans[kind].append(seconds)
         started = time.perf_counter()
         ref_loss, _ = reference.step(batches[step])

@@ -82,7 +82,7 @@ def run_one(name: str, flags: list[str], ps_holder: list, out_dir: Path) -> None
         # whenever Python's GC happens to run, and mem-allocated-bytes flickers by 8 bytes
         # between runs for reasons that have nothing to do with deferral.
         gc.collect()
-        values.update(_drain_position(trainer.traces[-1]))
+        values.update(_drain_position(trainer.last_trace))
         values["most_kept_bytes"] = per_step["most_kept_bytes"]
         if buffer is not None:
             values["kept_this_step"] = buffer.deferred_this_step

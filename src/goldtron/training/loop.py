@@ -42,7 +42,7 @@ class Trainer:
         self.consumed_samples = 0
         self.tb = TensorBoardLog(args.tensorboard_dir, ps.is_logging_rank)
         self.history: list[dict] = []  # per-step values this process saw (tests read them)
-        self.traces: list[StepTrace] = []
+        self.last_trace: StepTrace | None = None  # the latest step's schedule spans
 
     # ---- data ------------------------------------------------------------------------------
     def _micro_batches(self, dataset, first_sample: int) -> list[MicroBatch]:
@@ -89,7 +89,7 @@ class Trainer:
             if a.log_params_norm else None
         lm_loss = self._reduce_loss(step_loss)
         trace.end = time.perf_counter()
-        self.traces.append(trace)
+        self.last_trace = trace
         return {
             "lm_loss": lm_loss, "grad_norm": grad_norm, "num_zeros": num_zeros, "params_norm": params_norm,
             # Megatron logs the learning rate after the scheduler's increment.
@@ -149,8 +149,8 @@ class Trainer:
         a, it = self.args, self.iteration
         timers = None
         if a.log_timers_to_tensorboard:
-            timers = self._timer_totals_all_ranks(self.traces[-1])
-            self._append_trace_file(self.traces[-1])
+            timers = self._timer_totals_all_ranks(self.last_trace)
+            self._append_trace_file(self.last_trace)
         values["mem_allocated"] = self.memory.allocated()
         values["mem_max_allocated"] = self.memory.max_allocated()
         self.history.append(dict(values, iteration=it))
