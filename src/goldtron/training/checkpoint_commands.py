@@ -75,8 +75,8 @@ def _print_text(d: dict) -> None:
     print(f"model        {c['model']['tensors']} tensors, {c['model']['parameters']:,} parameters, "
           f"{_human_bytes(c['model']['bytes'])}")
     opt = c["optimizer"]
-    print(f"optimizer    " + (f"{opt['tensors']} tensors, {_human_bytes(opt['bytes'])}" if opt else "not saved"))
-    print(f"rng          " + (f"{len(c['rng_ranks'])} rank(s): {', '.join(c['rng_ranks'])}" if c["rng_ranks"] else "not saved"))
+    print("optimizer    " + (f"{opt['tensors']} tensors, {_human_bytes(opt['bytes'])}" if opt else "not saved"))
+    print("rng          " + (f"{len(c['rng_ranks'])} rank(s): {', '.join(c['rng_ranks'])}" if c["rng_ranks"] else "not saved"))
     sched = d["opt_param_scheduler"]
     print(f"lr schedule  {sched['lr_decay_style']} max {sched['max_lr']} min {sched['min_lr']} "
           f"at {sched['num_steps']} samples")

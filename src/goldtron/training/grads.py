@@ -15,7 +15,6 @@ from __future__ import annotations
 import math
 
 import torch
-import torch.distributed as dist
 
 from goldtron.parallel.collectives import all_reduce_, all_reduce_flat_
 from goldtron.parallel.state import ParallelState
