@@ -11,26 +11,15 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from goldtron.arguments import padded_vocab_size, parse_args
 from goldtron.checkpoint.export import open_checkpoint, plain_state_dict
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
-from goldtron.parallel.state import ParallelState
 from goldtron.training import checkpointing
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.optimizer import build_optimizer
 from support.torchrun import TINY_MODEL
-
-
-@pytest.fixture
-def one_rank():
-    if dist.is_initialized():
-        pytest.skip("a process group already exists in this test process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield ParallelState.create(1, 1, torch.device("cpu"), "gloo")
-    dist.destroy_process_group()
 
 
 def _trainer(ps, save_dir):

@@ -13,14 +13,12 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 
 from goldtron.arguments import padded_vocab_size, parse_args
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.hf_export import gpt2_config, head_major_qkv_to_gpt2, write_hf_folder
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
-from goldtron.parallel.state import ParallelState
 from goldtron.training import checkpointing
 from goldtron.training.checkpoint_commands import main as ckpt_main
 from support.torchrun import TINY_MODEL, run_train
@@ -71,15 +69,6 @@ def test_what_gpt2_cannot_express_is_refused(tmp_path, change, named):
     with pytest.raises(CheckpointError, match=named):
         write_hf_folder({}, {"args": _saved_args(**change)}, str(tmp_path / "hf"))
     assert not (tmp_path / "hf").exists()  # refused before anything is written
-
-
-@pytest.fixture
-def one_rank():
-    if dist.is_initialized():
-        pytest.skip("a process group already exists in this test process")
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield ParallelState.create(1, 1, torch.device("cpu"), "gloo")
-    dist.destroy_process_group()
 
 
 def _goldtron_logits(ps, save_dir, extra_flags, tokens) -> torch.Tensor:
