@@ -41,7 +41,6 @@ class Trainer:
         self.iteration = 0
         self.consumed_samples = 0
         self.tb = TensorBoardLog(args.tensorboard_dir, ps.is_logging_rank)
-        self.history: list[dict] = []  # per-step values this process saw (tests read them)
         self.last_trace: StepTrace | None = None  # the latest step's schedule spans
 
     # ---- data ------------------------------------------------------------------------------
@@ -153,7 +152,6 @@ class Trainer:
             self._append_trace_file(self.last_trace)
         values["mem_allocated"] = self.memory.allocated()
         values["mem_max_allocated"] = self.memory.max_allocated()
-        self.history.append(dict(values, iteration=it))
         if not self.ps.is_logging_rank:
             return
         self._append_metrics_file(values)
