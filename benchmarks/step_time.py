@@ -7,7 +7,7 @@ apart the two are at step 1 (loss, grad-norm) and step 2 (loss after one AdamW u
 comparison is known to be like for like. Timed steps are interleaved (goldtron, reference,
 goldtron, ...) and the medians compared: this machine is shared, absolute times do not travel.
 
-    python benchmarks/step_time.py [--threads 2] [--steps 8] [--warmup 2] [--profile]
+    python benchmarks/step_time.py [--threads 2] [--steps 8] [--warmup 2] [--profile] [--device cuda]
 
 Target: goldtron / reference <= 1.0. The reference is our own (benchmarks/reference_gpt.py)
 because transformers is not installed here.
@@ -42,15 +42,18 @@ def goldtron_flags(o: argparse.Namespace, train_iters: int) -> list[str]:
         "--lr", str(o.lr), "--lr-decay-style", "constant", "--weight-decay", "0.01", "--clip-grad", "1.0",
         "--hidden-dropout", str(o.dropout), "--attention-dropout", str(o.dropout),
         "--torch-threads", str(o.threads), "--log-interval", "1000000",
-    ]
+    ] + (["--distributed-backend", "nccl"] if o.device == "cuda" else [])
 
 
 def build_goldtron(o: argparse.Namespace, train_iters: int):
     args = parse_args(goldtron_flags(o, train_iters), world_size=1)
-    # A one-rank gloo group in memory, as `goldtron train` makes when started alone.
-    dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    ps = ParallelState.create(1, 1, torch.device("cpu"), "gloo")
-    return args, build_trainer(args, ps, torch.device("cpu"))
+    # A one-rank group in memory, as `goldtron train` makes when started alone.
+    device = torch.device(o.device)
+    if device.type == "cuda":
+        torch.cuda.set_device(0)
+    dist.init_process_group(args.distributed_backend, store=dist.HashStore(), rank=0, world_size=1)
+    ps = ParallelState.create(1, 1, device, args.distributed_backend)
+    return args, build_trainer(args, ps, device)
 
 
 class ReferenceRunner:
@@ -78,6 +81,8 @@ class ReferenceRunner:
             exact = float(squares) ** 0.5
         grad_norm = float(torch.nn.utils.clip_grad_norm_(self.model.parameters(), self.clip))
         self.optimizer.step()
+        if next(self.model.parameters()).is_cuda:
+            torch.cuda.synchronize()  # the step is timed to its end, as goldtron's (which reads its loss)
         return total, exact if exact_norm else grad_norm
 
 
@@ -139,6 +144,8 @@ def main() -> int:
     parser.add_argument("--warmup", type=int, default=2, help="untimed steps of each after the check")
     parser.add_argument("--steps", type=int, default=8, help="timed steps of each, interleaved")
     parser.add_argument("--profile", action="store_true", help="then profile a few steps of each")
+    parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu",
+                        help="cuda: both on GPU 0, goldtron with a one-rank NCCL group")
     o = parser.parse_args()
 
     torch.set_num_threads(o.threads)
@@ -150,13 +157,13 @@ def main() -> int:
     batches = [trainer._micro_batches(trainer.train_ds, k * o.global_batch) for k in range(total_steps)]
 
     model = ReferenceGPT(args.real_vocab_size, args.max_position_embeddings, o.hidden, o.heads, o.layers,
-                         args.ffn_hidden_size, o.dropout, args.layernorm_epsilon)
+                         args.ffn_hidden_size, o.dropout, args.layernorm_epsilon).to(o.device)
     load_goldtron_weights(model, trainer.model, o.heads)
     reference = ReferenceRunner(model, args)
 
     print(f"model: {o.layers} layers, hidden {o.hidden}, {o.heads} heads, seq {o.seq}, vocab {args.real_vocab_size} "
           f"(goldtron pads to {args.padded_vocab_size}), micro-batch {o.micro_batch}, global batch {o.global_batch}, "
-          f"fp32, dropout {o.dropout}, {o.threads} threads")
+          f"fp32, dropout {o.dropout}, " + (torch.cuda.get_device_name() if o.device == "cuda" else f"{o.threads} threads"))
     check_like_for_like(trainer, reference, batches)
 
     step = 2

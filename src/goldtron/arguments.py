@@ -51,8 +51,10 @@ def machine_facts(environ: Mapping[str, str] | None = None) -> MachineFacts:
     except ValueError:
         raise ConfigError(f"environment variable LOCAL_WORLD_SIZE={raw_local_world_size!r} is not an integer; "
                           "unset it or let torchrun set it.") from None
+    cuda_available = torch.cuda.is_available()
     return MachineFacts(
-        cuda_available=torch.cuda.is_available(),
+        cuda_available=cuda_available,
+        cuda_device_count=torch.cuda.device_count() if cuda_available else 0,
         transformer_engine_installed=importlib.util.find_spec("transformer_engine") is not None,
         cpu_count=os.cpu_count() or 1,
         local_world_size=local_world_size,

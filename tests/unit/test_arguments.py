@@ -109,6 +109,19 @@ def test_backend_default_depends_on_cuda():
     assert parse(machine=GPU_MACHINE).distributed_backend == "nccl"
 
 
+def test_nccl_needs_one_gpu_per_local_rank():
+    # The flagship (TP2 x PP2) started on a one-GPU machine: four ranks, one GPU.
+    one_gpu = MachineFacts(cuda_available=True, transformer_engine_installed=False, cpu_count=16,
+                           local_world_size=4, cuda_device_count=1)
+    layout = {"--tensor-model-parallel-size": 2, "--pipeline-model-parallel-size": 2, "--distributed-backend": "nccl"}
+    message = config_error(layout, world_size=4, machine=one_gpu)
+    for fragment in ("4 ranks on this node", "1 visible GPU", "one GPU per rank", "--nproc-per-node"):
+        assert fragment in message, f"{fragment!r} missing from: {message}"
+    four_gpus = MachineFacts(cuda_available=True, transformer_engine_installed=False, cpu_count=16,
+                             local_world_size=4, cuda_device_count=4)
+    assert parse(layout, world_size=4, machine=four_gpus).distributed_backend == "nccl"
+
+
 def test_torch_threads_default_and_flag():
     assert parse().torch_threads == 2  # 2 cpus / 1 local rank
     assert parse(machine=GPU_MACHINE).torch_threads == 2  # 16 cpus / 8 local ranks

@@ -28,6 +28,7 @@ class MachineFacts:
     transformer_engine_installed: bool
     cpu_count: int
     local_world_size: int
+    cuda_device_count: int = 0  # 0 when unknown or no CUDA
 
 
 class _Problems:
@@ -218,6 +219,12 @@ def _complete_backend(args, machine: MachineFacts, problems: _Problems) -> None:
     elif args.distributed_backend == "nccl" and not machine.cuda_available:
         problems.add("--distributed-backend nccl needs CUDA, and torch finds no CUDA device here. "
                      "Use --distributed-backend gloo on CPU.")
+    elif args.distributed_backend == "nccl" and 0 < machine.cuda_device_count < machine.local_world_size:
+        # Each rank takes GPU LOCAL_RANK; NCCL refuses two ranks on one GPU.
+        problems.add(f"--distributed-backend nccl: {machine.local_world_size} ranks on this node but "
+                     f"{machine.cuda_device_count} visible GPU(s); NCCL needs one GPU per rank. Start at most "
+                     f"{machine.cuda_device_count} processes per node (torchrun --nproc-per-node), or a layout "
+                     "that fits (--tensor-model-parallel-size x --pipeline-model-parallel-size).")
 
 
 def _check_embedding_wgrad_deferral(args, problems: _Problems) -> None:
