@@ -10,7 +10,7 @@ from goldtron.gate.case import find_cases, load_case, model_args_to_argv
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.launcher import LaunchOptions, trainer_target
 from goldtron.gate.platform import cpu_platform_name, gpu_platform_name
-from goldtron.gate.runner import check_supported, default_nproc, prepare_resume, resume_step
+from goldtron.gate.runner import check_layout_fits, check_supported, default_nproc, prepare_resume, resume_step
 
 from .conftest import reference_dir, write_case
 
@@ -181,3 +181,22 @@ def test_platform_tolerances_override_the_case_per_metric(tmp_path):
     cpu = case.resolved_for("cpu_intel_avx512")
     assert cpu.tolerances == {"lm loss": {"approx_rtol": 0.02}, "iteration-time": {"approx_rtol": 0.5}}
     assert case.resolved_for("dgx_h100").tolerances == {"lm loss": {"approx_rtol": 0.02}}
+
+
+def test_a_launch_that_cannot_form_the_layout_is_refused_before_it_starts(tmp_path, capsys):
+    case_dir = write_case(tmp_path / "c", extra_args={"--tensor-model-parallel-size": 2,
+                                                      "--pipeline-model-parallel-size": 2})
+    case = load_case(case_dir)
+    # The flagship's layout on a one-GPU node: the GPU count is the cause and the fix.
+    with pytest.raises(GateInputError) as error:
+        check_layout_fits(case, LaunchOptions(nproc_per_node=1), gpus_per_node=1)
+    for fragment in (str(case.config_file), "TP2 x PP2", "multiple of 4", "has 1", "this node has 1 GPU(s)"):
+        assert fragment in str(error.value), str(error.value)
+    with pytest.raises(GateInputError, match="--nproc-per-node 4"):
+        check_layout_fits(case, LaunchOptions(nproc_per_node=2), gpus_per_node=0)
+    check_layout_fits(case, LaunchOptions(nproc_per_node=4), gpus_per_node=4)
+    check_layout_fits(case, LaunchOptions(nproc_per_node=4, nnodes=2, rdzv_endpoint="h:1"), gpus_per_node=4)
+    # End to end: the case asks for 2 ranks per node, the layout for 4; nothing is launched.
+    assert commands.test_main([str(case_dir), "--output-dir", str(tmp_path / "out")]) == 2
+    assert "multiple of 4" in capsys.readouterr().err
+    assert not (tmp_path / "out" / "repeat_1").exists()

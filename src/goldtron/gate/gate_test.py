@@ -23,7 +23,7 @@ from goldtron.gate.judging import judge_repeat, load_reference, recorded_golden,
 from goldtron.gate.launcher import LaunchOptions
 from goldtron.gate.platform import DEFAULT_ENVIRONMENT, detect_platform, gpu_count
 from goldtron.gate.report import CaseReport, print_table, write_reports
-from goldtron.gate.runner import RunOptions, check_supported, default_nproc, run_repeat
+from goldtron.gate.runner import RunOptions, check_layout_fits, check_supported, default_nproc, run_repeat
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -91,9 +91,10 @@ def run_test(request: TestRequest) -> int:
     check_supported(case)
     n_repeat = request.n_repeat or case.n_repeat
     output_dir = (request.output_dir or Path("runs") / case.name).resolve()
-    launch = LaunchOptions(request.nproc_per_node or default_nproc(case, gpu_count() if platform.startswith("dgx") or
-                                                                   platform.startswith("gpu") else 0, request.nnodes),
+    gpus = gpu_count() if platform.startswith(("dgx", "gpu")) else 0
+    launch = LaunchOptions(request.nproc_per_node or default_nproc(case, gpus, request.nnodes),
                            request.nnodes, request.node_rank, request.rdzv_endpoint)
+    check_layout_fits(case, launch, gpus if request.nproc_per_node is None else 0)
     judging = launch.is_last_node
     golden_path = case.golden_path(request.environment, platform)
     report = CaseReport(case=case.name)

@@ -58,6 +58,31 @@ def check_supported(case: Case) -> None:
         raise GateInputError(f"{case.config_file}: ckpt-resume needs --train-iters >= 2 (it resumes at N/2)")
 
 
+LAYOUT_FLAGS = (("--tensor-model-parallel-size", "TP"), ("--pipeline-model-parallel-size", "PP"),
+                ("--context-parallel-size", "CP"))
+
+
+def check_layout_fits(case: Case, launch: LaunchOptions, gpus_per_node: int) -> None:
+    """Refuse a launch whose ranks cannot form the case's layout, before any phase starts: every
+    rank would only fail with the same error, and on a GPU node the cause is the GPU count."""
+    sizes = [(name, case.int_arg(flag, 1)) for flag, name in LAYOUT_FLAGS]
+    model_parallel = 1
+    for _, size in sizes:
+        model_parallel *= size
+    world = launch.nproc_per_node * launch.nnodes
+    if world % model_parallel == 0:
+        return
+    layout = " x ".join(f"{name}{size}" for name, size in sizes if size > 1)
+    launched = f"{launch.nproc_per_node} per node x {launch.nnodes} node(s)"
+    if gpus_per_node:
+        fix = (f"one rank per GPU, and this node has {gpus_per_node} GPU(s). Fix: run it on nodes with "
+               f"{model_parallel} GPUs in all (or more nodes with --nnodes)")
+    else:
+        fix = f"Fix: --nproc-per-node {model_parallel}, or GOLDTRON.NPROC_PER_NODE in the case"
+    raise GateInputError(f"{case.config_file}: the case's layout {layout} needs a multiple of {model_parallel} "
+                         f"ranks, but this launch has {world} ({launched}); {fix}")
+
+
 def resume_step(case: Case) -> int:
     """Megatron's resume point: half of --train-iters, which --save-interval must hit."""
     step = case.train_iters // 2
