@@ -18,6 +18,7 @@ from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
 from goldtron.training import checkpointing
 from goldtron.training.lr_schedule import LRSchedule
+from goldtron.training.memory import CpuAllocationCounter
 from goldtron.training.optimizer import build_optimizer
 from support.torchrun import TINY_MODEL
 
@@ -96,3 +97,20 @@ def test_next_save_waits_for_the_previous_write(one_rank, gated_writes, tmp_path
     ckpt.close()
     assert events == [("start", 1), ("end", 1), ("start", 2), ("end", 2)]
     assert (tmp_path / "latest_checkpointed_iteration.txt").read_text().strip() == "2"
+
+
+def test_async_save_frees_the_rng_state_on_the_training_thread(one_rank, gated_writes, tmp_path):
+    """The RNG tensors `save` captures are counted by the CPU memory counter; they must be freed on
+    the training thread at a fixed point (when the background copy exists), not on the write's
+    thread whenever it ends: that made mem-(max-)allocated-bytes differ between identical runs."""
+    gate, events = gated_writes
+    trainer, ckpt = _trainer(one_rank, tmp_path)
+    with CpuAllocationCounter() as counter:
+        ckpt.save(trainer)
+        assert counter.allocated > 0  # the RNG state, captured here
+        ckpt.before_optimizer_step()
+        assert counter.allocated == 0 and not ckpt.pending.done()  # freed while the write still runs
+    gate.set()
+    ckpt.close()
+    assert counter.frees_elsewhere == 0
+    assert events == [("start", 1), ("end", 1)]

@@ -79,10 +79,6 @@ def run_one(name: str, flags: list[str], ps_holder: list, out_dir: Path) -> None
     def step_and_observe() -> dict:
         per_step["most_kept_bytes"] = 0
         values = inner_step()
-        # Free cyclic garbage now: an 8-byte tensor in some reference cycle is otherwise freed
-        # whenever Python's GC happens to run, and mem-allocated-bytes flickers by 8 bytes
-        # between runs for reasons that have nothing to do with deferral.
-        gc.collect()
         values.update(_drain_position(trainer.last_trace))
         values["most_kept_bytes"] = per_step["most_kept_bytes"]
         if buffer is not None:

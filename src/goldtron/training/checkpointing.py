@@ -14,6 +14,7 @@ Errors a person must fix are CheckpointError, raised alike on every rank.
 
 from __future__ import annotations
 
+import copy
 import os
 import threading
 import time
@@ -50,6 +51,7 @@ class Checkpointer:
         self.group = dist.new_group(backend="gloo")
         self.pending: BackgroundWrite | None = None
         self.snapshot_taken: threading.Event | None = None  # --async-save: set when the copy exists
+        self.kept_until_snapshot: dict | None = None  # --async-save: the RNG state the copy is taken from
         self.last_saved_iteration: int | None = None
         self.blocked_seconds = 0.0  # time the loop spent inside save calls (benchmarks read it)
 
@@ -89,25 +91,33 @@ class Checkpointer:
         prepare_in_progress_dir(a.save, iteration, self.group)
 
         def write(state: dict) -> None:
-            path = write_checkpoint(dict(state, **extra), common, a.save, iteration, self.group)
+            path = write_checkpoint(state, common, a.save, iteration, self.group)
             self._log(f"  successfully saved checkpoint from iteration {iteration:7d} to {path}")
 
         if a.async_save:
             # The copy of weights and Adam state is taken in the background too: nothing changes
             # them until the next optimizer step, which waits for it (before_optimizer_step).
+            # The RNG tensors captured above are copied there as well, and this thread keeps the
+            # originals until the copy exists: they are freed here, in before_optimizer_step (or
+            # wait), at the same point on every run. Shared with the write, they were freed on the
+            # background thread whenever it finished, and the CPU memory counter saw them go in a
+            # different step from one run to the next.
             snapshot_taken = threading.Event()
+            handoff = [extra]
 
             def snapshot_then_write() -> None:
                 try:
                     state = model_and_optimizer_state(placements, optimizer, snapshot=True)
+                    state.update(copy.deepcopy(handoff.pop()))
                 finally:
                     snapshot_taken.set()  # also on failure: the loop must not wait forever
                 write(state)
 
             self.snapshot_taken = snapshot_taken
+            self.kept_until_snapshot = extra
             self.pending = BackgroundWrite(snapshot_then_write, f"iteration {iteration}")
         else:
-            write(model_and_optimizer_state(placements, optimizer, snapshot=False))
+            write(dict(model_and_optimizer_state(placements, optimizer, snapshot=False), **extra))
         self.last_saved_iteration = iteration
         self.blocked_seconds += time.perf_counter() - start
 
@@ -117,12 +127,15 @@ class Checkpointer:
             start = time.perf_counter()
             self.snapshot_taken.wait()
             self.snapshot_taken = None
+            self.kept_until_snapshot = None
             self.blocked_seconds += time.perf_counter() - start
 
     def wait(self) -> None:
         if self.pending is not None:
             pending, self.pending = self.pending, None
             pending.wait()
+        self.snapshot_taken = None
+        self.kept_until_snapshot = None
 
     def close(self) -> None:
         """Wait for a background write (a checkpoint must not be cut off by the exit)."""

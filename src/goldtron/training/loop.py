@@ -10,10 +10,9 @@ import time
 from argparse import Namespace
 
 import torch
-import torch.distributed as dist
 
 from goldtron.data.sampler import collate, micro_batch_sample_indices
-from goldtron.parallel.collectives import all_reduce_
+from goldtron.parallel.collectives import all_gather_, all_reduce_
 from goldtron.parallel.schedule import MicroBatch, Schedule, StepLoss
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.trace import KINDS, StepTrace
@@ -140,8 +139,7 @@ class Trainer:
         local = torch.tensor([totals[k] for k in (*KINDS, "idle")], dtype=torch.float64, device=self.ps.device)
         if self.ps.world_size == 1:
             return local.unsqueeze(0)
-        gathered = [torch.empty_like(local) for _ in range(self.ps.world_size)]
-        dist.all_gather(gathered, local)
+        gathered = all_gather_([torch.empty_like(local) for _ in range(self.ps.world_size)], local)
         return torch.stack(gathered)
 
     def _report(self, values: dict, first_of_run: bool) -> None:

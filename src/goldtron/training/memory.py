@@ -5,15 +5,25 @@ TorchDispatchMode that sees every op's outputs: each storage seen for the first 
 bytes, and a finalizer on the storage subtracts them when it is freed (torch keeps one Python
 object per live storage, so the finalizer fires exactly at the free). The result is the same
 number on every run: a metric the gate can hold to a golden value.
+
+That holds only if every counted storage is freed on the training thread. The finalizer runs on
+whichever thread drops the last reference, and a free on another thread lands at a moment that
+differs from run to run: that was the "8 to 300 bytes" flicker between identical runs (gloo's
+worker threads dropping collective tensors, parallel/collectives.py; the --async-save thread
+dropping the RNG state, training/checkpointing.py). `frees_elsewhere` counts such frees, so a
+test can tell when a new one appears.
 """
 
 from __future__ import annotations
 
+import threading
 import weakref
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
+
+from goldtron.parallel import collectives
 
 
 class CpuAllocationCounter(TorchDispatchMode):
@@ -22,11 +32,23 @@ class CpuAllocationCounter(TorchDispatchMode):
         self.allocated = 0
         self.peak = 0
         self._live: set[int] = set()
+        self._thread = threading.get_ident()  # the thread whose ops are counted (the mode is per thread)
+        self.frees_elsewhere = 0  # counted storages freed on another thread (see the module docstring)
 
     def _free(self, key: int, nbytes: int) -> None:
         if key in self._live:
             self._live.discard(key)
             self.allocated -= nbytes
+            if threading.get_ident() != self._thread:
+                self.frees_elsewhere += 1
+
+    def __enter__(self):
+        collectives.want_exact_frees(True)
+        return super().__enter__()
+
+    def __exit__(self, *exc):
+        collectives.want_exact_frees(False)
+        return super().__exit__(*exc)
 
     def track(self, t: torch.Tensor) -> None:
         storage = t.untyped_storage()
