@@ -132,10 +132,9 @@ UNIMPLEMENTED_FLAGS: dict[str, str] = {
     "--overlap-grad-reduce": "gradient reduce overlapped with backward",
     "--overlap-param-gather": "parameter all-gather overlapped with forward",
     "--tp-comm-overlap": "Transformer Engine tensor-parallel communication overlap",
-    "--recompute-granularity": "activation recomputation",
-    "--recompute-method": "activation recomputation",
-    "--recompute-num-layers": "activation recomputation",
-    "--recompute-activations": "activation recomputation",
+    "--recompute-modules": "selective recomputation of modules other than core attention (core_attn, "
+                           "Megatron's default, is what --recompute-granularity selective recomputes)",
+    "--distribute-saved-activations": "recomputation checkpoints split over the TP ranks",
     "--swiglu": "SwiGLU MLP",
     "--squared-relu": "squared-ReLU MLP",
     "--disable-bias-linear": "linear layers without bias",
