@@ -9,21 +9,18 @@ from __future__ import annotations
 
 import pytest
 import torch
-from support.torchrun import TINY_MODEL
 from torch.utils.checkpoint import checkpoint
 
-from goldtron.arguments import padded_vocab_size, parse_args
 from goldtron.model.gpt import GPTStage
-from goldtron.model.recompute import (
-    LayerChunk,
-    checkpoint_with_rng,
-    layer_chunks,
-    run_layer_chunks,
-)
+from goldtron.model.recompute import LayerChunk, checkpoint_with_rng, layer_chunks
 from goldtron.model.transformer import SelfAttention
 from goldtron.parallel.random import DropoutRNG, dropout
-from goldtron.training.memory import CpuAllocationCounter
-from recompute.recompute_runs import DROPOUT_ON, SELECTIVE, full
+from recompute.recompute_runs import (
+    SELECTIVE,
+    build_stage,
+    bytes_alive_after_layers,
+    full,
+)
 
 LAYERS = 4  # TINY_MODEL
 
@@ -90,13 +87,6 @@ def test_torch_checkpoint_alone_would_not_replay_goldtrons_masks():
 
 # ---- a GPT stage: forward calls and gradients ---------------------------------------------------
 
-def _stage(ps, extra: list[str]) -> GPTStage:
-    args = parse_args([*TINY_MODEL, *DROPOUT_ON, "--train-iters", "10", *extra])
-    args.real_vocab_size = 1001  # NullTokenizer --vocab-size 1000 (+1 for the end-of-document id)
-    args.padded_vocab_size = padded_vocab_size(1001, args.make_vocab_size_divisible_by, 1)
-    return GPTStage(args, ps, DropoutRNG(args.seed, 0, 0, ps.device))
-
-
 def _count_forwards(model: GPTStage, monkeypatch) -> dict[str, list[int]]:
     """Calls of each layer's forward and of each layer's core attention (the dropout path)."""
     counts = {"layer": [0] * LAYERS, "core_attention": [0] * LAYERS}
@@ -138,10 +128,10 @@ def test_recomputed_modules_run_forward_twice_and_gradients_are_bitwise_the_same
                                                                                   monkeypatch):
     flags, layer_calls, attention_calls = EXPECTED_CALLS[name]
     torch.manual_seed(0)
-    reference = _stage(one_rank_state, [])
+    reference = build_stage(one_rank_state, [])
     _one_micro_batch(reference)
     torch.manual_seed(0)
-    model = _stage(one_rank_state, flags)
+    model = build_stage(one_rank_state, flags)
     counts = _count_forwards(model, monkeypatch)
     _one_micro_batch(model)
     assert counts == {"layer": layer_calls, "core_attention": attention_calls}
@@ -152,27 +142,13 @@ def test_recomputed_modules_run_forward_twice_and_gradients_are_bitwise_the_same
 @pytest.mark.parametrize("name", ["uniform1", "block3", "selective"])
 def test_nothing_is_recomputed_without_a_backward(one_rank_state, name, monkeypatch):
     """Evaluation (eval mode, no_grad) keeps no activations, so there is nothing to recompute."""
-    model = _stage(one_rank_state, EXPECTED_CALLS[name][0])
+    model = build_stage(one_rank_state, EXPECTED_CALLS[name][0])
     counts = _count_forwards(model, monkeypatch)
     with torch.no_grad():
         _one_micro_batch(model, backward=False)
     model.eval()
     _one_micro_batch(model, backward=False)  # eval: the fused attention path, no dropout
     assert counts == {"layer": [2] * LAYERS, "core_attention": [1] * LAYERS}
-
-
-def _bytes_alive_after_forward(ps, flags: list[str]) -> int:
-    """Bytes of the new tensors that a forward of the stage's four layers leaves alive (kept for
-    backward, plus the output), counted exactly by the CPU storage counter."""
-    model = _stage(ps, flags)
-    x = torch.randn(2, 32, 64, requires_grad=True)
-    with CpuAllocationCounter() as counter:
-        counter.track_existing([x, *model.parameters()])  # not new: views of them must not count
-        before = counter.allocated
-        out = run_layer_chunks(list(model.decoder.layers.values()), x, model.decoder.chunks, model.decoder.rng)
-        alive = counter.allocated - before
-    del out
-    return alive
 
 
 def test_what_a_forward_keeps_alive(one_rank_state):
@@ -186,8 +162,8 @@ def test_what_a_forward_keeps_alive(one_rank_state):
     """
     hidden_bytes = 2 * 32 * 64 * 4
     attention_bytes = 3 * (2 * 4 * 32 * 32 * 4) + 32 * 32
-    plain = _bytes_alive_after_forward(one_rank_state, [])
-    assert _bytes_alive_after_forward(one_rank_state, full("uniform", 1)) == LAYERS * hidden_bytes
-    assert _bytes_alive_after_forward(one_rank_state, full("uniform", 4)) == hidden_bytes
-    assert plain - _bytes_alive_after_forward(one_rank_state, SELECTIVE) == LAYERS * attention_bytes
+    plain = bytes_alive_after_layers(one_rank_state, [])
+    assert bytes_alive_after_layers(one_rank_state, full("uniform", 1)) == LAYERS * hidden_bytes
+    assert bytes_alive_after_layers(one_rank_state, full("uniform", 4)) == hidden_bytes
+    assert plain - bytes_alive_after_layers(one_rank_state, SELECTIVE) == LAYERS * attention_bytes
     assert plain > 20 * LAYERS * hidden_bytes, plain  # the layers' activations: ~382 KiB per layer
