@@ -131,10 +131,10 @@ UNIMPLEMENTED_FLAGS: dict[str, str] = {
     "--use-distributed-optimizer": "distributed (ZeRO-1) optimizer",
     "--overlap-grad-reduce": "gradient reduce overlapped with backward",
     "--overlap-param-gather": "parameter all-gather overlapped with forward",
-    "--tp-comm-overlap": "Transformer Engine tensor-parallel communication overlap",
     "--recompute-modules": "selective recomputation of modules other than core attention (core_attn, "
                            "Megatron's default, is what --recompute-granularity selective recomputes)",
     "--distribute-saved-activations": "recomputation checkpoints split over the TP ranks",
+    "--tp-comm-overlap": "Transformer Engine tensor-parallel communication overlap",
     "--swiglu": "SwiGLU MLP",
     "--squared-relu": "squared-ReLU MLP",
     "--disable-bias-linear": "linear layers without bias",

@@ -13,9 +13,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from goldtron.model import recompute
 from goldtron.model.init import normal_full, output_projection_std
 from goldtron.model.layer_norm import LayerNorm
-from goldtron.model.recompute import CoreAttentionRunner
 from goldtron.parallel.random import DropoutRNG, dropout
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -39,7 +39,7 @@ class SelfAttention(nn.Module):
         self.attention_dropout = args.attention_dropout
         self.softmax_in_fp32 = args.attention_softmax_in_fp32
         self.rng = rng
-        self.run_core_attention = CoreAttentionRunner(args.recompute_granularity == "selective", rng)
+        self.run_core_attention = recompute.CoreAttentionRunner(args.recompute_granularity == "selective", rng)
         dtype = args.params_dtype
         proj_std = output_projection_std(args.init_method_std, args.num_layers)
         self.linear_qkv = ColumnParallelLinear(
