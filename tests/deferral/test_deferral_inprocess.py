@@ -11,7 +11,6 @@ from types import SimpleNamespace
 
 import pytest
 import torch
-import torch.distributed as dist
 
 import goldtron.model.output_layer as output_layer_module
 from deferral.worker_results import tensor_relative_error
@@ -21,23 +20,11 @@ from goldtron.model.output_layer import DeferredWgradBuffer, OutputLayer
 from goldtron.parallel.p2p import PipelineP2P
 from goldtron.parallel.random import DropoutRNG
 from goldtron.parallel.schedule import MicroBatch, Schedule
-from goldtron.parallel.state import ParallelState
 from support.torchrun import NO_DROPOUT, TINY_MODEL
 
 M = 4
 LIMITS = (0, 1, 2, M, M + 3)
 TOLERANCE = 1e-6
-
-
-@pytest.fixture(scope="module")
-def one_rank_state():
-    """A 1-process gloo group (in memory; nothing to clash with), reused if one already exists."""
-    started_here = not dist.is_initialized()
-    if started_here:
-        dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
-    yield ParallelState.create(1, 1, torch.device("cpu"), "gloo")
-    if started_here:
-        dist.destroy_process_group()
 
 
 def _micro_batch_tensors(seed: int, hidden: int = 16, vocab: int = 24, rows: int = 6):

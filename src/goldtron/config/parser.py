@@ -31,6 +31,7 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_flags(parser.add_argument_group("model"))
     _add_parallel_flags(parser.add_argument_group("parallelism"))
     _add_training_flags(parser.add_argument_group("training"))
+    _add_recompute_flags(parser.add_argument_group("activation recomputation"))
     _add_logging_flags(parser.add_argument_group("logging"))
     _add_checkpoint_flags(parser.add_argument_group("checkpointing"))
     _add_data_flags(parser.add_argument_group("data"))
@@ -115,6 +116,19 @@ def _add_training_flags(g) -> None:
     g.add_argument("--torch-threads", type=int, default=None,
                    help="goldtron only: intra-op threads per rank; default cpu_count // LOCAL_WORLD_SIZE. "
                         "A different thread count gives different CPU floating-point bits.")
+
+
+def _add_recompute_flags(g) -> None:
+    g.add_argument("--recompute-granularity", default=None, choices=["full", "selective"],
+                   help="full: recompute whole transformer layers in backward (needs --recompute-method and "
+                        "--recompute-num-layers); selective: recompute only the core attention")
+    g.add_argument("--recompute-method", default=None, choices=["uniform", "block"],
+                   help="full only: uniform = each pipeline stage's layers in chunks of N, one checkpoint per "
+                        "chunk; block = the first N layers of each stage, one checkpoint each")
+    g.add_argument("--recompute-num-layers", type=int, default=None,
+                   help="full only: N of --recompute-method, 1 to the layers per pipeline stage")
+    g.add_argument("--recompute-activations", action="store_true",
+                   help="legacy spelling of --recompute-granularity selective")
 
 
 def _add_logging_flags(g) -> None:

@@ -60,6 +60,7 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
     problems.raise_if_any()
 
     _complete_model_shape(args, problems)
+    _complete_recompute(args, problems)
     _complete_layout_and_batch(args, problems)
     _complete_backend(args, machine, problems)
     _check_embedding_wgrad_deferral(args, problems)
@@ -232,6 +233,49 @@ def _check_embedding_wgrad_deferral(args, problems: _Problems) -> None:
         problems.add("--defer-embedding-wgrad-compute needs --pipeline-model-parallel-size > 1 (as in Megatron): "
                      "the deferred GEMMs are hidden in the pipeline flush, which PP 1 does not have. "
                      "Remove the flag or use PP >= 2.")
+
+
+def _complete_recompute(args, problems: _Problems) -> None:
+    """Megatron's rules for activation recomputation (TransformerConfig and arguments.py)."""
+    if args.recompute_activations:
+        if args.recompute_granularity == "full":
+            problems.add("--recompute-activations means --recompute-granularity selective, but "
+                         "--recompute-granularity full is also given; keep one of the two.")
+            return
+        args.recompute_granularity = "selective"  # as Megatron: the legacy flag is selective
+    granularity, method, n = args.recompute_granularity, args.recompute_method, args.recompute_num_layers
+    pp = args.pipeline_model_parallel_size
+    per_stage = args.num_layers // pp if args.num_layers % pp == 0 else None
+    stage_text = f"{per_stage} here (--num-layers {args.num_layers} / --pipeline-model-parallel-size {pp})"
+    if granularity is None:
+        # Megatron ignores them silently; goldtron says so, since they would change nothing.
+        given = [f for f, v in (("--recompute-method", method), ("--recompute-num-layers", n)) if v is not None]
+        if given:
+            them = ("it", "takes", "it") if len(given) == 1 else ("they", "take", "them")
+            problems.add(f"{' and '.join(given)} given without --recompute-granularity: {them[0]} only {them[1]} "
+                         f"effect with --recompute-granularity full. Add it, or drop {them[2]}.")
+    elif granularity == "selective":
+        if method is not None:
+            problems.add(f"--recompute-method {method} is not supported with --recompute-granularity selective "
+                         "(as in Megatron): selective recomputes the core attention of every layer. Drop "
+                         "--recompute-method, or use --recompute-granularity full.")
+        if n is not None:
+            problems.add(f"--recompute-num-layers {n} must not be given with --recompute-granularity selective "
+                         "(as in Megatron). Drop it, or use --recompute-granularity full.")
+    else:  # full
+        if method is None:
+            problems.add("--recompute-granularity full needs --recompute-method uniform (chunks of N layers) or "
+                         "block (the first N layers of each pipeline stage), as in Megatron.")
+        if n is None:
+            problems.add("--recompute-granularity full needs --recompute-num-layers N, between 1 and the layers "
+                         f"per pipeline stage{', ' + stage_text if per_stage else ''}.")
+        elif per_stage is not None and not 1 <= n <= per_stage:
+            problems.add(f"--recompute-num-layers {n}: must be between 1 and the layers per pipeline stage, "
+                         f"{stage_text}.")
+        elif per_stage is not None and method == "uniform" and per_stage % n:
+            problems.add(f"--recompute-method uniform with --recompute-num-layers {n}: the layers per pipeline "
+                         f"stage, {stage_text}, are not a whole number of chunks of {n} (Megatron fails on this "
+                         "too). Choose N that divides them, or --recompute-method block.")
 
 
 def _complete_lr_schedule(args, problems: _Problems) -> None:

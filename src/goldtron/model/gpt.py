@@ -16,6 +16,7 @@ from goldtron.model.embedding import Embedding, full_word_embedding
 from goldtron.model.init import normal_full
 from goldtron.model.layer_norm import LayerNorm
 from goldtron.model.output_layer import OutputLayer
+from goldtron.model.recompute import layer_chunks, run_layer_chunks
 from goldtron.model.transformer import TransformerLayer
 from goldtron.parallel.cross_entropy import vocab_parallel_cross_entropy
 from goldtron.parallel.random import DropoutRNG
@@ -38,10 +39,13 @@ class Decoder(nn.Module):
             for i in stage_layer_indices(args.num_layers, ps.pp_size, ps.pp_rank)
         })
         self.final_layernorm = LayerNorm(args.hidden_size, args.layernorm_epsilon, ps.device) if ps.is_last_stage else None
+        self.rng = rng
+        # --recompute-granularity full: which layers run under a checkpoint, in which chunks.
+        self.chunks = layer_chunks(len(self.layers), args.recompute_granularity, args.recompute_method,
+                                   args.recompute_num_layers)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        for layer in self.layers.values():
-            x = layer(x)
+        x = run_layer_chunks(list(self.layers.values()), x, self.chunks, self.rng)
         return x if self.final_layernorm is None else self.final_layernorm(x)
 
 

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from goldtron.model import recompute
 from goldtron.model.init import normal_full, output_projection_std
 from goldtron.model.layer_norm import LayerNorm
 from goldtron.parallel.random import DropoutRNG, dropout
@@ -38,6 +39,7 @@ class SelfAttention(nn.Module):
         self.attention_dropout = args.attention_dropout
         self.softmax_in_fp32 = args.attention_softmax_in_fp32
         self.rng = rng
+        self.run_core_attention = recompute.CoreAttentionRunner(args.recompute_granularity == "selective", rng)
         dtype = args.params_dtype
         proj_std = output_projection_std(args.init_method_std, args.num_layers)
         self.linear_qkv = ColumnParallelLinear(
@@ -53,10 +55,10 @@ class SelfAttention(nn.Module):
         qkv = self.linear_qkv(x).view(b, s, self.local_heads, 3, self.head_dim)
         q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))  # [b, heads, s, d]
         if self.training and self.attention_dropout > 0:
-            context = self._attention_with_dropout(q, k, v)
+            context = self.run_core_attention(self._attention_with_dropout, q, k, v, self.training)
         else:
             # Fused kernel: the same math (scaled, causal, softmax in fp32 internally).
-            context = F.scaled_dot_product_attention(q, k, v, is_causal=True)
+            context = self.run_core_attention(_causal_attention, q, k, v, self.training)
         context = context.transpose(1, 2).reshape(b, s, self.local_heads * self.head_dim)
         return self.linear_proj(context)
 
@@ -69,6 +71,10 @@ class SelfAttention(nn.Module):
         # Inside the TP region: each rank drops its own heads with its own stream.
         probs = dropout(probs, self.attention_dropout, self.rng.tensor_parallel, True)
         return torch.matmul(probs, v)
+
+
+def _causal_attention(q, k, v):
+    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 class MLP(nn.Module):
