@@ -55,3 +55,8 @@ def test_swiglu_ffn_must_split_over_tp():
     message = config_error({"--swiglu": True, "--hidden-size": 96, "--num-attention-heads": 6,
                             "--tensor-model-parallel-size": 3}, world_size=3)
     assert "--ffn-hidden-size 256 is not divisible by --tensor-model-parallel-size 3" in message
+
+
+def test_swiglu_default_width_of_zero_is_refused():
+    message = config_error({"--swiglu": True, "--hidden-size": 16})
+    assert "--swiglu with --hidden-size 16" in message and "give --ffn-hidden-size" in message
