@@ -88,6 +88,12 @@ def load_goldtron_weights(reference: ReferenceGPT, goldtron_model, heads: int) -
     ...), so a TP split hands each rank whole heads; nanoGPT keeps [3 * h, h] (all q, all k, all
     v). The word embedding is padded in goldtron; only its real rows are copied.
     """
+    first_layer = next(iter(goldtron_model.decoder.layers.values()))
+    if (goldtron_model.embedding.position_embeddings is None or first_layer.mlp.gated
+            or first_layer.mlp.linear_fc1.bias is None):
+        raise ValueError("the reference GPT has goldtron's default architecture only (learned positions, GeLU MLP, "
+                         "biases); a model built with --position-embedding-type rope, --swiglu or "
+                         "--disable-bias-linear cannot be loaded into it")
     vocab = reference.wte.weight.shape[0]
     reference.wte.weight.copy_(goldtron_model.embedding.word_embeddings.weight[:vocab])
     reference.wpe.weight.copy_(goldtron_model.embedding.position_embeddings.weight)

@@ -29,7 +29,9 @@ SEQ = 32           # TINY_MODEL's --seq-length and --max-position-embeddings
 # c_attn addmm vs matmul + bias, ...); on this model's O(1)-sized logits that rounding is ~1e-6.
 LOGIT_ATOL = 1e-5
 
-TIED_AND_UNTIED = {"tied": [], "untied": ["--untie-embeddings-and-output-weights"]}
+# --disable-bias-linear exports with zero biases in GPT-2's linears, which compute the same.
+TIED_AND_UNTIED = {"tied": [], "untied": ["--untie-embeddings-and-output-weights"],
+                   "tied, no linear biases": ["--disable-bias-linear"]}
 
 
 def test_qkv_reorder_moves_each_head_block_to_its_q_k_v_section():
@@ -64,10 +66,12 @@ def test_config_carries_the_saved_shape_eps_and_exact_gelu():
     ({"kv_channels": 8}, "kv_channels"),
     ({"normalization": "RMSNorm"}, "RMSNorm"),
     ({"position_embedding_type": "rope"}, "rope"),
+    ({"swiglu": True}, "--swiglu"),
 ])
 def test_what_gpt2_cannot_express_is_refused(tmp_path, change, named):
-    with pytest.raises(CheckpointError, match=named):
+    with pytest.raises(CheckpointError, match=named) as info:
         write_hf_folder({}, {"args": _saved_args(**change)}, str(tmp_path / "hf"))
+    assert "--to torch" in str(info.value)  # and what is possible instead
     assert not (tmp_path / "hf").exists()  # refused before anything is written
 
 
@@ -99,7 +103,7 @@ def test_hf_gpt2_logits_equal_goldtrons(one_rank, tmp_path, tying):
 
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(hf_dir)).eval()
     tied_in_hf = hf_model.lm_head.weight.data_ptr() == hf_model.transformer.wte.weight.data_ptr()
-    assert tied_in_hf == (tying == "tied")
+    assert tied_in_hf == (tying != "untied")
 
     tokens = torch.randint(0, REAL_VOCAB, (2, SEQ), generator=torch.Generator().manual_seed(0))
     tokens[0, -1] = REAL_VOCAB - 1  # the last (eod) row is exported too

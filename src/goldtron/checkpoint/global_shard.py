@@ -64,6 +64,39 @@ class GlobalShard:
         return [self._chunk()]
 
 
+@dataclass
+class GlobalShardBlocks:
+    """Several `GlobalShard`s of one global tensor held by one rank: one DCP value, several chunks.
+
+    SwiGLU's fc1 under TP is the case: a rank holds [its gate rows; its up rows], which sit in two
+    separate places of the saved [gate; up] tensor. DCP asks for a chunk by its global offset.
+    """
+
+    shards: list[GlobalShard]
+
+    def size(self) -> torch.Size:
+        return self.shards[0].size()
+
+    def shard_at(self, offset) -> GlobalShard:
+        for shard in self.shards:
+            if tuple(shard.global_offset) == tuple(offset):
+                return shard
+        raise KeyError(f"no block of this tensor starts at {tuple(offset)}")
+
+    def __create_write_items__(self, fqn: str, obj) -> list[WriteItem]:
+        return [item for shard in self.shards for item in shard.__create_write_items__(fqn, shard)]
+
+    def __create_chunk_list__(self) -> list[ChunkStorageMetadata]:
+        return [shard._chunk() for shard in self.shards]
+
+
+def _local_of(value, index: MetadataIndex) -> torch.Tensor | None:
+    """The local tensor a (possibly blocked) GlobalShard value holds at `index`; None for other values."""
+    if isinstance(value, GlobalShardBlocks):
+        value = value.shard_at(index.offset)
+    return value.local if isinstance(value, GlobalShard) else None
+
+
 def _writable(tensor: torch.Tensor) -> torch.Tensor:
     """What the file writer may serialise: a CPU tensor that owns exactly its bytes.
 
@@ -84,8 +117,9 @@ class GlobalShardSavePlanner(DefaultSavePlanner):
 
     def lookup_object(self, index: MetadataIndex):
         value = self.state_dict[index.fqn]
-        if isinstance(value, GlobalShard):
-            return _writable(value.local)
+        local = _local_of(value, index)
+        if local is not None:
+            return _writable(local)
         if isinstance(value, torch.Tensor):
             return _writable(value)
         return super().lookup_object(index)
@@ -107,7 +141,5 @@ class GlobalShardLoadPlanner(DefaultLoadPlanner):
         self.is_coordinator = is_coordinator
 
     def lookup_tensor(self, index: MetadataIndex) -> torch.Tensor:
-        value = self.state_dict[index.fqn]
-        if isinstance(value, GlobalShard):
-            return value.local
-        return super().lookup_tensor(index)
+        local = _local_of(self.state_dict[index.fqn], index)
+        return local if local is not None else super().lookup_tensor(index)

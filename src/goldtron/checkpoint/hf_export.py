@@ -7,6 +7,10 @@ GPT-2's linears are `Conv1D` ([in, out], the transpose of `nn.Linear`), and its 
 holds [q | k | v] blocks where goldtron's `linear_qkv` is head-major (q, k, v of head 0, then
 head 1, ...; see `model/transformer.py: _qkv_full_weight`).
 
+Refused, because GPT-2 has no place for them: rotary position embeddings and the SwiGLU MLP
+(`--to torch` exports those checkpoints). A model trained with `--disable-bias-linear` is exported
+with zero biases in GPT-2's linears, which computes the same.
+
 The weights go in `pytorch_model.bin` (torch.save) rather than model.safetensors so that export
 needs nothing beyond torch; transformers reads both.
 """
@@ -23,6 +27,10 @@ from goldtron.checkpoint.errors import CheckpointError
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "pytorch_model.bin"
+
+# Biases that --disable-bias-linear leaves out; GPT-2 always has them, so they are exported as zeros.
+_LINEAR_BIASES = ("self_attention.linear_qkv.bias", "self_attention.linear_proj.bias", "mlp.linear_fc1.bias",
+                  "mlp.linear_fc2.bias")
 
 # goldtron layer-parameter suffix -> (GPT-2 suffix, is a linear weight that GPT-2 stores transposed)
 _LAYER_RENAMES = {
@@ -52,12 +60,16 @@ def _check_expressible(args: Namespace) -> None:
     if getattr(args, "normalization", "LayerNorm") != "LayerNorm":
         problems.append(f"normalization {args.normalization} (GPT-2 has LayerNorm)")
     if getattr(args, "position_embedding_type", "learned_absolute") != "learned_absolute":
-        problems.append(f"position embedding {args.position_embedding_type} (GPT-2 learns absolute positions)")
+        problems.append(f"position embedding {args.position_embedding_type} (GPT-2 learns absolute positions; "
+                        "it has no rotary embeddings)")
+    if getattr(args, "swiglu", False):
+        problems.append("--swiglu (GPT-2's MLP is fc2(gelu(fc1 x)); it has no gated SwiGLU MLP)")
     if args.kv_channels * args.num_attention_heads != args.hidden_size:
         problems.append(f"kv_channels {args.kv_channels} x {args.num_attention_heads} heads != hidden "
                         f"{args.hidden_size} (GPT-2's head size is hidden / heads)")
     if problems:
-        raise CheckpointError("cannot export as Hugging Face GPT-2: " + "; ".join(problems))
+        raise CheckpointError("cannot export as Hugging Face GPT-2: " + "; ".join(problems)
+                              + ". `goldtron ckpt export DIR --to torch FILE` exports any goldtron checkpoint.")
 
 
 def gpt2_config(args: Namespace) -> dict:
@@ -102,7 +114,13 @@ def gpt2_state_dict(model: dict[str, torch.Tensor], args: Namespace) -> dict[str
     heads, d = args.num_attention_heads, args.kv_channels
     unused = set(model)
 
+    biases_left_out = not getattr(args, "add_bias_linear", True)
+
     def take(name: str) -> torch.Tensor:
+        if name not in model and biases_left_out and name.endswith(_LINEAR_BIASES):
+            # GPT-2's Conv1D always adds a bias; a zero one computes what the bias-free linear did.
+            weight = model[name.removesuffix("bias") + "weight"]
+            return torch.zeros(weight.shape[0], dtype=weight.dtype)
         if name not in model:
             raise CheckpointError(f"the checkpoint lacks {name}, which the GPT-2 export needs")
         unused.discard(name)

@@ -10,6 +10,10 @@ Keys (flat, one per global tensor):
 How a parameter maps to its global tensor:
 - `tensor_parallel_dim` None: replicated over TP; the whole tensor at offset 0 (DCP writes one copy).
 - `tensor_parallel_dim` d: equal contiguous chunks over TP; offset tp_rank * local size on dim d.
+- `tensor_parallel_blocks` b > 1 (SwiGLU's fc1: [gate; up]): the saved global tensor is the full
+  [gate; up] in that order, whatever the TP size; each of the b blocks is split over TP on its own,
+  and a rank's local tensor is [its gate rows; its up rows], so it writes (and reads) b chunks:
+  block k's rows at offset k * (global size / b) + tp_rank * (local size / b).
 - `real_rows` (vocab-sharded weights): only the real vocabulary rows are saved; the global shape
   is [real vocab, hidden], so it does not depend on the TP padding, and the last chunk is shorter.
 - `is_embedding_copy` (the last stage's copy of the tied word embedding): never saved; on load it
@@ -22,7 +26,7 @@ from dataclasses import dataclass
 
 import torch
 
-from goldtron.checkpoint.global_shard import GlobalShard
+from goldtron.checkpoint.global_shard import GlobalShard, GlobalShardBlocks
 from goldtron.model.embedding import WORD_EMBEDDING_NAME
 
 OPTIMIZER_PREFIX = "optimizer.state."
@@ -48,13 +52,25 @@ class ParameterPlacement:
     global_offset: tuple[int, ...]
     rows: int | None              # leading local rows that are real (vocab weights); None = all
     is_copy: bool                 # the tied embedding's last-stage copy: loaded, never saved
+    blocks: int = 1               # tensor_parallel_blocks; global_offset is then block 0's
 
     def local_view(self, tensor: torch.Tensor) -> torch.Tensor:
         """The part of `tensor` (the parameter or a same-shaped Adam moment) that is saved."""
         return tensor if self.rows is None else tensor[: self.rows]
 
-    def shard(self, tensor: torch.Tensor) -> GlobalShard:
-        return GlobalShard(self.local_view(tensor), self.global_shape, self.global_offset)
+    def shard(self, tensor: torch.Tensor, copy=lambda t: t) -> GlobalShard | GlobalShardBlocks:
+        """`tensor`'s saved part (passed through `copy`) as DCP values at this parameter's place."""
+        local = copy(self.local_view(tensor))
+        if self.blocks == 1:
+            return GlobalShard(local, self.global_shape, self.global_offset)
+        dim = self.param.tensor_parallel_dim
+        local_block, global_block = local.shape[dim] // self.blocks, self.global_shape[dim] // self.blocks
+        shards = []
+        for k in range(self.blocks):
+            offset = list(self.global_offset)
+            offset[dim] += k * global_block
+            shards.append(GlobalShard(local.narrow(dim, k * local_block, local_block), self.global_shape, tuple(offset)))
+        return GlobalShardBlocks(shards)
 
 
 def parameter_placements(model: torch.nn.Module, tp_rank: int, tp_size: int,
@@ -67,14 +83,15 @@ def parameter_placements(model: torch.nn.Module, tp_rank: int, tp_size: int,
         saved_name = WORD_EMBEDDING_NAME if is_copy else name
         dim = param.tensor_parallel_dim
         rows = getattr(param, "real_rows", None)
+        blocks = getattr(param, "tensor_parallel_blocks", 1)
         shape, offset = list(param.shape), [0] * param.dim()
         if rows is not None:
             if rows == 0:
                 continue
             shape[0], offset[0] = real_vocab_size, tp_rank * param.shape[0]
         elif dim is not None:
-            shape[dim], offset[dim] = param.shape[dim] * tp_size, tp_rank * param.shape[dim]
-        out.append(ParameterPlacement(saved_name, param, tuple(shape), tuple(offset), rows, is_copy))
+            shape[dim], offset[dim] = param.shape[dim] * tp_size, tp_rank * (param.shape[dim] // blocks)
+        out.append(ParameterPlacement(saved_name, param, tuple(shape), tuple(offset), rows, is_copy, blocks))
     return out
 
 
@@ -87,13 +104,11 @@ def model_and_optimizer_state(placements: list[ParameterPlacement], optimizer: t
     for place in placements:
         if place.is_copy:
             continue
-        state[place.saved_name] = GlobalShard(copy(place.local_view(place.param)), place.global_shape,
-                                              place.global_offset)
+        state[place.saved_name] = place.shard(place.param, copy)
         adam = optimizer.state.get(place.param) if optimizer is not None else None
         if adam:
             for kind in ADAM_MOMENTS:
-                state[optimizer_key(kind, place.saved_name)] = GlobalShard(
-                    copy(place.local_view(adam[kind])), place.global_shape, place.global_offset)
+                state[optimizer_key(kind, place.saved_name)] = place.shard(adam[kind], copy)
             state[optimizer_key("step", place.saved_name)] = copy(adam["step"])
     return state
 

@@ -120,3 +120,28 @@ def _check_shard_files(path: str, metadata: Metadata) -> None:
         if size < length:
             raise CheckpointError(f"checkpoint shard {file} is truncated: {size} bytes, its items need {length}. "
                                   "Restore the file or resume from an earlier checkpoint (edit the tracker).")
+
+
+# Flags that change which tensors a layer has or what they compute, with the values a checkpoint
+# saved before they existed implies. Without this check a learned-position or biased checkpoint
+# would load into a rope or bias-free model with the extra tensors silently left unused.
+ARCHITECTURE_FLAGS = {
+    "position_embedding_type": ("--position-embedding-type", "learned_absolute"),
+    "swiglu": ("--swiglu", False),
+    "add_bias_linear": ("--disable-bias-linear", True),
+}
+
+
+def check_architecture(saved_args: dict | None, args, path: str) -> None:
+    """Raise when the run's architecture flags differ from those the checkpoint was saved with."""
+    if not saved_args:
+        return  # no saved flags: the key and shape checks are all there is
+    problems = []
+    for dest, (flag, default) in ARCHITECTURE_FLAGS.items():
+        saved, ours = saved_args.get(dest, default), getattr(args, dest)
+        if saved != ours:
+            problems.append(f"{flag}: {dest} {saved!r} in the checkpoint, {ours!r} in this run")
+    if problems:
+        raise CheckpointError(f"{path} was saved by a model of another architecture: " + "; ".join(problems)
+                              + ". Use the checkpoint's flags (its common.json 'args' holds them), "
+                              "or --dist-ckpt-strictness ignore_all to load what matches.")

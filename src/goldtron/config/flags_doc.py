@@ -46,11 +46,14 @@ This file is generated: `python -m goldtron.config.flags_doc > docs/flags.md`.
 ## Derived fields
 
 `world_size`, `data_parallel_size` (= world / (TP x PP)), `num_micro_batches`
-(= global batch / (micro batch x DP)), `ffn_hidden_size` (default 4 x hidden), `kv_channels`
+(= global batch / (micro batch x DP)), `ffn_hidden_size` (default 4 x hidden; with `--swiglu`
+Megatron's int(4 x hidden x 2/3 / 64) x 64), `kv_channels`
 (default hidden / heads), `params_dtype` (`torch.bfloat16` with `--bf16`, else `torch.float32`),
 `lr_decay_iters` (default `--train-iters`), and the LR schedule in samples as Megatron counts it:
 `lr_decay_samples = lr_decay_iters x global batch`; `lr_warmup_samples = lr_warmup_fraction x
 lr_decay_samples`, or `lr_warmup_iters x global batch`.
+`position_embedding_type` is `rope` with `--use-rotary-position-embeddings` (Megatron's legacy
+flag); `rotary_dim` = int(kv_channels x rotary_percent), the channels of each head RoPE rotates.
 `padded_vocab_size(V, make_vocab_size_divisible_by, TP)` = ceil(V / (d x TP)) x d x TP
 (GPT-2 50257: 50304 at TP1, 50432 at TP2, 50688 at TP4).
 """
@@ -59,8 +62,8 @@ lr_decay_samples`, or `lr_warmup_iters x global batch`.
 def _default_text(action: argparse.Action) -> str:
     if action.default is None:
         return "-"
-    if action.default is False and action.nargs == 0:
-        return "off"
+    if action.nargs == 0 and isinstance(action.default, bool):
+        return "off"  # a switch not given (store_false switches too, e.g. --disable-bias-linear)
     return f"`{action.default}`"
 
 
@@ -96,7 +99,7 @@ def render_flags_markdown() -> str:
     lines += ["", "## Megatron flags goldtron refuses", "",
               "These name Megatron features goldtron does not have; passing one is a `ConfigError`",
               "naming it. So are Megatron values of implemented flags other than the ones listed above",
-              "(e.g. `--position-embedding-type rope`, `--normalization RMSNorm`, `--fp16`). Any other",
+              "(e.g. `--position-embedding-type mrope`, `--normalization RMSNorm`, `--fp16`). Any other",
               "unknown flag is refused as unknown.", "", "| flag | Megatron feature |", "|---|---|"]
     for flag, feature in UNIMPLEMENTED_FLAGS.items():
         lines.append(f"| `{flag}` | {feature} |")

@@ -63,7 +63,17 @@ def _add_model_flags(g) -> None:
                    help="only LayerNorm is implemented")
     g.add_argument("--position-embedding-type", default="learned_absolute",
                    choices=["learned_absolute", "rope", "mrope", "relative", "none"],
-                   help="only learned_absolute is implemented")
+                   help="learned_absolute or rope are implemented")
+    g.add_argument("--use-rotary-position-embeddings", action="store_true",
+                   help="Megatron's legacy spelling of --position-embedding-type rope")
+    g.add_argument("--rotary-percent", type=float, default=1.0,
+                   help="fraction of each head's channels that RoPE rotates, in (0, 1]")
+    g.add_argument("--rotary-base", type=int, default=10000, help="RoPE frequency base")
+    g.add_argument("--swiglu", action="store_true",
+                   help="gated MLP silu(x W_gate) * (x W_up); default --ffn-hidden-size becomes int(8h/3 / 64) x 64")
+    # Megatron's dest: the flag turns `add_bias_linear` off.
+    g.add_argument("--disable-bias-linear", action="store_false", dest="add_bias_linear",
+                   help="no bias in the QKV, attention-out, fc1 and fc2 linears (LayerNorms keep theirs)")
     g.add_argument("--transformer-impl", default="local", choices=["local", "transformer_engine"],
                    help="only local is implemented (Megatron's default is transformer_engine)")
     g.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 main weights/grads/optimizer")

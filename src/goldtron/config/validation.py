@@ -85,16 +85,19 @@ def _refuse_unimplemented_values(args, machine: MachineFacts, problems: _Problem
         problems.add("--fp16 is not implemented (no loss scaling). Use --bf16, or neither for fp32.")
     if args.fp16 and args.bf16:
         problems.add("--fp16 and --bf16 are both set; choose one (goldtron implements --bf16).")
+    if args.use_rotary_position_embeddings:
+        args.position_embedding_type = "rope"  # Megatron's legacy spelling, resolved as Megatron does
     unimplemented_values = [
-        ("--normalization", args.normalization, "LayerNorm"),
-        ("--position-embedding-type", args.position_embedding_type, "learned_absolute"),
-        ("--optimizer", args.optimizer, "adam"),
-        ("--ckpt-format", args.ckpt_format, "torch_dist"),
+        ("--normalization", args.normalization, ("LayerNorm",)),
+        ("--position-embedding-type", args.position_embedding_type, ("learned_absolute", "rope")),
+        ("--optimizer", args.optimizer, ("adam",)),
+        ("--ckpt-format", args.ckpt_format, ("torch_dist",)),
     ]
     for flag, value, supported in unimplemented_values:
-        if value != supported:
+        if value not in supported:
             problems.add(f"{flag} {value}: a Megatron option goldtron does not implement; "
-                         f"only {supported} is. Use {flag} {supported} or remove the flag.")
+                         f"only {' or '.join(supported)} {'is' if len(supported) == 1 else 'are'}. "
+                         f"Use {flag} {supported[0]} or remove the flag.")
     if args.lr_decay_style not in ("constant", "linear", "cosine"):
         problems.add(f"--lr-decay-style {args.lr_decay_style}: a Megatron option goldtron does not implement; "
                      "use constant, linear or cosine.")
@@ -126,7 +129,7 @@ _POSITIVE_INTS = (
     "micro_batch_size", "global_batch_size", "train_iters", "ffn_hidden_size", "kv_channels",
     "tensor_model_parallel_size", "pipeline_model_parallel_size", "make_vocab_size_divisible_by",
     "vocab_size", "exit_interval", "save_interval", "log_interval", "tensorboard_log_interval",
-    "eval_interval", "lr_decay_iters", "distributed_timeout_minutes", "torch_threads",
+    "eval_interval", "lr_decay_iters", "distributed_timeout_minutes", "torch_threads", "rotary_base",
 )
 _NON_NEGATIVE = ("wgrad_deferral_limit", "lr_warmup_iters", "eval_iters", "lr", "min_lr",
                  "weight_decay", "clip_grad", "init_method_std")
@@ -153,6 +156,9 @@ def _check_ranges(args, problems: _Problems) -> None:
         value = getattr(args, dest)
         if not 0.0 <= value < 1.0:
             problems.add(f"{_flag(dest)} {value}: must be in [0, 1).")
+    if not 0.0 < args.rotary_percent <= 1.0:
+        problems.add(f"--rotary-percent {args.rotary_percent}: must be in (0, 1] (the fraction of each head's "
+                     "channels that RoPE rotates; 1.0 rotates them all).")
     if args.adam_eps <= 0 or args.layernorm_epsilon <= 0:
         problems.add("--adam-eps and --layernorm-epsilon must be positive.")
 
@@ -171,8 +177,15 @@ def _complete_model_shape(args, problems: _Problems) -> None:
             problems.add(f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads "
                          f"{args.num_attention_heads}; change one, or give --kv-channels explicitly.")
         args.kv_channels = args.hidden_size // args.num_attention_heads
+    if args.ffn_hidden_size is None and args.swiglu:
+        # Megatron's: two fc1 projections, so 2/3 of 4h keeps the parameter count; a multiple of 64.
+        args.ffn_hidden_size = int((4 * args.hidden_size * 2 / 3) / 64) * 64
+        if args.ffn_hidden_size < 1:
+            problems.add(f"--swiglu with --hidden-size {args.hidden_size}: Megatron's default MLP width "
+                         "int(8h/3 / 64) x 64 is 0; give --ffn-hidden-size explicitly.")
     if args.ffn_hidden_size is None:
         args.ffn_hidden_size = 4 * args.hidden_size
+    _complete_rotary(args, problems)
     if args.ffn_hidden_size % tp:
         problems.add(f"--ffn-hidden-size {args.ffn_hidden_size} is not divisible by --tensor-model-parallel-size "
                      f"{tp}: the MLP is split column-wise over TP. Choose sizes that divide.")
@@ -188,6 +201,18 @@ def _complete_model_shape(args, problems: _Problems) -> None:
     if args.sequence_parallel and args.seq_length % tp:
         problems.add(f"--sequence-parallel splits the sequence over TP, but --seq-length {args.seq_length} is "
                      f"not divisible by --tensor-model-parallel-size {tp}.")
+
+
+def _complete_rotary(args, problems: _Problems) -> None:
+    """RoPE rotates the first rotary_dim channels of each head, in pairs (Megatron's rule for the size)."""
+    args.rotary_dim = None
+    if args.position_embedding_type != "rope":
+        return
+    args.rotary_dim = int(args.kv_channels * args.rotary_percent)
+    if args.rotary_dim < 2 or args.rotary_dim % 2:
+        problems.add(f"--rotary-percent {args.rotary_percent} x kv_channels {args.kv_channels} gives a rotary dim "
+                     f"of {args.rotary_dim}; RoPE rotates channel pairs, so it must be even and at least 2. "
+                     "Choose --rotary-percent (or --kv-channels) so that int(kv_channels x percent) is even.")
 
 
 def _complete_layout_and_batch(args, problems: _Problems) -> None:

@@ -1,4 +1,7 @@
-"""First-stage input: vocab-parallel word embedding + learned absolute positions + dropout."""
+"""First-stage input: vocab-parallel word embedding + learned absolute positions + dropout.
+
+With `--position-embedding-type rope` there is no position table: positions enter in attention.
+"""
 
 from __future__ import annotations
 
@@ -27,14 +30,17 @@ class Embedding(nn.Module):
         self.rng = rng
         self.word_embeddings = VocabParallelEmbedding(full_word_embedding(args), args.padded_vocab_size, ps,
                                                       args.params_dtype)
-        self.position_embeddings = nn.Module()
-        self.position_embeddings.weight = make_parameter(
-            normal_full(args.seed, "embedding.position_embeddings.weight",
-                        (args.max_position_embeddings, args.hidden_size), args.init_method_std),
-            ps.device, None,
-        )
+        self.position_embeddings = None
+        if args.position_embedding_type == "learned_absolute":
+            self.position_embeddings = nn.Module()
+            self.position_embeddings.weight = make_parameter(
+                normal_full(args.seed, "embedding.position_embeddings.weight",
+                            (args.max_position_embeddings, args.hidden_size), args.init_method_std),
+                ps.device, None,
+            )
 
     def forward(self, tokens: torch.Tensor, position_ids: torch.Tensor) -> torch.Tensor:
-        words = self.word_embeddings(tokens)
-        positions = self.position_embeddings.weight[position_ids].to(words.dtype)
-        return dropout(words + positions, self.hidden_dropout, self.rng.regular, self.training)
+        x = self.word_embeddings(tokens)
+        if self.position_embeddings is not None:
+            x = x + self.position_embeddings.weight[position_ids].to(x.dtype)
+        return dropout(x, self.hidden_dropout, self.rng.regular, self.training)

@@ -1,4 +1,7 @@
-"""One pre-LayerNorm GPT block: causal self-attention and a GeLU MLP, tensor-parallel.
+"""One pre-LayerNorm GPT block: causal self-attention and a GeLU (or SwiGLU) MLP, tensor-parallel.
+
+Options (Megatron's flags): `--position-embedding-type rope` rotates q and k (model/rotary.py);
+`--swiglu` gates the MLP; `--disable-bias-linear` drops the biases of the four linears.
 
 Parameter names follow Megatron-Core's GPT (`self_attention.linear_qkv`, `mlp.linear_fc1`, ...)
 so checkpoints and logs read the same. Activations are [batch, seq, hidden].
@@ -16,6 +19,7 @@ from torch import nn
 from goldtron.model import recompute
 from goldtron.model.init import normal_full, output_projection_std
 from goldtron.model.layer_norm import LayerNorm
+from goldtron.model.rotary import RotaryEmbedding
 from goldtron.parallel.random import DropoutRNG, dropout
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -28,6 +32,11 @@ def _qkv_full_weight(args: Namespace, name: str) -> torch.Tensor:
     q, k, v = (normal_full(args.seed, f"{name}.{part}", (heads * d, h), args.init_method_std) for part in "qkv")
     stacked = torch.stack([q, k, v]).view(3, heads, d, h)
     return stacked.transpose(0, 1).reshape(heads * 3 * d, h)
+
+
+def _zero_bias(args: Namespace, size: int) -> torch.Tensor | None:
+    """A linear's initial bias, or None under --disable-bias-linear."""
+    return torch.zeros(size) if args.add_bias_linear else None
 
 
 class SelfAttention(nn.Module):
@@ -43,17 +52,23 @@ class SelfAttention(nn.Module):
         dtype = args.params_dtype
         proj_std = output_projection_std(args.init_method_std, args.num_layers)
         self.linear_qkv = ColumnParallelLinear(
-            _qkv_full_weight(args, f"{prefix}.linear_qkv.weight"), torch.zeros(3 * args.num_attention_heads * d), ps, dtype
+            _qkv_full_weight(args, f"{prefix}.linear_qkv.weight"), _zero_bias(args, 3 * args.num_attention_heads * d),
+            ps, dtype,
         )
         self.linear_proj = RowParallelLinear(
             normal_full(args.seed, f"{prefix}.linear_proj.weight", (h, args.num_attention_heads * d), proj_std),
-            torch.zeros(h), ps, dtype,
+            _zero_bias(args, h), ps, dtype,
         )
+        self.rotary = None
+        if args.position_embedding_type == "rope":
+            self.rotary = RotaryEmbedding(args.rotary_dim, args.rotary_base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
         qkv = self.linear_qkv(x).view(b, s, self.local_heads, 3, self.head_dim)
         q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))  # [b, heads, s, d]
+        if self.rotary is not None:
+            q, k = self.rotary(q, k)
         if self.training and self.attention_dropout > 0:
             context = self.run_core_attention(self._attention_with_dropout, q, k, v, self.training)
         else:
@@ -78,20 +93,35 @@ def _causal_attention(q, k, v):
 
 
 class MLP(nn.Module):
+    """fc2(gelu(fc1 x)), or with --swiglu fc2(silu(x W_gate) * (x W_up)).
+
+    SwiGLU's fc1 is one [2f, h] weight, [gate; up], drawn whole from the seed (so both halves are
+    the same under any TP) and split over TP block by block: a rank holds [its gate rows; its up
+    rows], the pairs it needs to gate its own slice of f. Checkpoints save the [gate; up] tensor
+    (see checkpoint/model_state.py, `tensor_parallel_blocks`), so they reshard across TP sizes.
+    """
+
     def __init__(self, args: Namespace, ps: ParallelState, prefix: str):
         super().__init__()
         h, f, dtype = args.hidden_size, args.ffn_hidden_size, args.params_dtype
+        self.gated = args.swiglu
+        fc1_rows = 2 * f if self.gated else f
         self.linear_fc1 = ColumnParallelLinear(
-            normal_full(args.seed, f"{prefix}.linear_fc1.weight", (f, h), args.init_method_std), torch.zeros(f), ps, dtype
+            normal_full(args.seed, f"{prefix}.linear_fc1.weight", (fc1_rows, h), args.init_method_std),
+            _zero_bias(args, fc1_rows), ps, dtype, blocks=2 if self.gated else 1,
         )
         self.linear_fc2 = RowParallelLinear(
             normal_full(args.seed, f"{prefix}.linear_fc2.weight", (h, f),
                         output_projection_std(args.init_method_std, args.num_layers)),
-            torch.zeros(h), ps, dtype,
+            _zero_bias(args, h), ps, dtype,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.linear_fc2(F.gelu(self.linear_fc1(x)))
+        hidden = self.linear_fc1(x)
+        if self.gated:
+            gate, up = hidden.chunk(2, dim=-1)
+            return self.linear_fc2(F.silu(gate) * up)
+        return self.linear_fc2(F.gelu(hidden))
 
 
 class TransformerLayer(nn.Module):

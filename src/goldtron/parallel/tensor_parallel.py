@@ -4,6 +4,8 @@ Every layer is built from the *full* weight (see model/init.py) and keeps its ow
 the same seed gives the same model under any layout. Parameters carry two attributes that the
 optimizer, norms and checkpoints read:
 - `tensor_parallel_dim`: the dim along which the full tensor is split over TP (None = replicated);
+- `tensor_parallel_blocks`: how many equal blocks along that dim are split over TP on their own
+  (2 for SwiGLU's fc1 [gate; up]: a rank holds [its gate rows; its up rows]); 1 otherwise;
 - `real_rows`: for vocab-sharded weights, how many leading local rows are real vocabulary
   (the rest is padding that never gets a gradient and is left out of norms and num-zeros).
 """
@@ -14,29 +16,37 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from goldtron.model.init import shard
+from goldtron.model.init import shard, shard_blocks
 from goldtron.parallel.collectives import copy_to_tensor_parallel, reduce_from_tensor_parallel
 from goldtron.parallel.state import ParallelState
 
 
-def make_parameter(tensor: torch.Tensor, device: torch.device, tensor_parallel_dim: int | None) -> nn.Parameter:
+def make_parameter(tensor: torch.Tensor, device: torch.device, tensor_parallel_dim: int | None,
+                   tensor_parallel_blocks: int = 1) -> nn.Parameter:
     param = nn.Parameter(tensor.to(device))
     param.tensor_parallel_dim = tensor_parallel_dim
+    param.tensor_parallel_blocks = tensor_parallel_blocks
     return param
 
 
 class ColumnParallelLinear(nn.Module):
-    """y = x W^T + b with W split on its output dim; the input-gradient is all-reduced over TP."""
+    """y = x W^T + b with W split on its output dim; the input-gradient is all-reduced over TP.
+
+    `blocks` > 1: the output dim is that many blocks, each split over TP on its own (see shard_blocks),
+    so a rank's output is [its slice of block 0, its slice of block 1, ...].
+    """
 
     def __init__(self, full_weight: torch.Tensor, full_bias: torch.Tensor | None, ps: ParallelState,
-                 compute_dtype: torch.dtype):
+                 compute_dtype: torch.dtype, blocks: int = 1):
         super().__init__()
         self.tp_group = ps.tp_group
         self.compute_dtype = compute_dtype
-        self.weight = make_parameter(shard(full_weight, 0, ps.tp_rank, ps.tp_size), ps.device, 0)
+        self.weight = make_parameter(shard_blocks(full_weight, 0, ps.tp_rank, ps.tp_size, blocks), ps.device, 0,
+                                     blocks)
         self.bias = None
         if full_bias is not None:
-            self.bias = make_parameter(shard(full_bias, 0, ps.tp_rank, ps.tp_size), ps.device, 0)
+            self.bias = make_parameter(shard_blocks(full_bias, 0, ps.tp_rank, ps.tp_size, blocks), ps.device, 0,
+                                       blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = copy_to_tensor_parallel(x, self.tp_group)

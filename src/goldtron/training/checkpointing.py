@@ -33,7 +33,7 @@ from goldtron.checkpoint.model_state import (
     OPTIMIZER_PREFIX, has_optimizer_state, is_model_key, load_targets, model_and_optimizer_state,
     parameter_placements,
 )
-from goldtron.checkpoint.validation import FoundCheckpoint, find_checkpoint
+from goldtron.checkpoint.validation import FoundCheckpoint, check_architecture, find_checkpoint
 from goldtron.checkpoint.writer import prepare_in_progress_dir, write_checkpoint
 
 
@@ -170,6 +170,8 @@ class Checkpointer:
             raise CheckpointError(f"{found.path} has no RNG state (saved with --no-save-rng); "
                                   "add --no-load-rng or --finetune")
         load_rng = want_rng and same_layout(common, ps)
+        if a.dist_ckpt_strictness != "ignore_all":
+            check_architecture(common.get("args"), a, found.path)
         self._log(f"loading checkpoint from {a.load} at iteration {found.iteration}")
 
         placements = parameter_placements(trainer.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)

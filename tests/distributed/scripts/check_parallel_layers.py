@@ -107,22 +107,23 @@ def check(tp: int):
     close(f"tp{tp} cross-entropy dlogits", local.grad, lt.grad[..., start:start + real])
 
 
-def main():
+def run_on_every_rank(check_tp, success: str) -> None:
+    """Run `check_tp(tp)` for each --tp on this rank; print `success`, or the failures and exit 1."""
     parser = argparse.ArgumentParser()
     parser.add_argument("--tp", type=int, nargs="+", required=True)
     args = parser.parse_args()
     torch.use_deterministic_algorithms(True)
     dist.init_process_group("gloo")
     for tp in args.tp:
-        check(tp)
+        check_tp(tp)
     rank = dist.get_rank()
     dist.barrier()
     dist.destroy_process_group()
     if failures:
         print(f"rank {rank}: " + "\n".join(failures), file=sys.stderr)
         sys.exit(1)
-    print(f"rank {rank}: all parallel layers match their single-process twins")
+    print(f"rank {rank}: {success}")
 
 
 if __name__ == "__main__":
-    main()
+    run_on_every_rank(check, "all parallel layers match their single-process twins")

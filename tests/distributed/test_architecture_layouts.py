@@ -1,0 +1,30 @@
+"""The core promise for the architecture options: with --position-embedding-type rope --swiglu
+--disable-bias-linear (dropout 0), `lm loss`, `grad-norm` and `params-norm` of TP2, PP2 and
+TP2xPP2 over 10 steps equal the single-process run within 1e-5 relative, for the reason
+test_layouts.py gives (the same sums in other orders; a wrong shard is 1e-2 or more)."""
+
+import pytest
+
+from checkpoint.ckpt_runs import relative
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read
+
+ARCHITECTURE = ["--position-embedding-type", "rope", "--swiglu", "--disable-bias-linear"]
+FLAGS = TINY_MODEL + NO_DROPOUT + ARCHITECTURE + ["--train-iters", "10"]
+LAYOUTS = {"TP2": (2, 2, 1), "PP2": (2, 1, 2), "TP2xPP2": (4, 2, 2)}  # name: (processes, tp, pp)
+RTOL = 1e-5
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    return train_and_read(tmp_path_factory.mktemp("single"), "run", 1, FLAGS)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_architecture_layout_equals_single_process(name, single_process, tmp_path):
+    nproc, tp, pp = LAYOUTS[name]
+    steps = train_and_read(tmp_path, name, nproc, FLAGS + layout_flags(tp, pp))
+    assert [s["iteration"] for s in steps] == list(range(1, 11))
+    for ours, ref in zip(steps, single_process):
+        for key in ("lm_loss", "grad_norm", "params_norm"):
+            assert relative(ours[key], ref[key]) <= RTOL, (name, ours["iteration"], key, ours[key], ref[key])
+        assert abs(ours["num_zeros"] - ref["num_zeros"]) <= 5, (name, ours["iteration"])
