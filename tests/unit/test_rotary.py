@@ -76,7 +76,8 @@ def test_query_key_product_depends_only_on_the_distance(percent):
 def _attention_args(**changes) -> Namespace:
     args = dict(hidden_size=32, num_attention_heads=2, kv_channels=16, attention_dropout=0.0,
                 attention_softmax_in_fp32=False, params_dtype=torch.float32, init_method_std=0.3, num_layers=2,
-                seed=5, add_bias_linear=True, position_embedding_type="rope", rotary_dim=8, rotary_base=10000)
+                seed=5, add_bias_linear=True, position_embedding_type="rope", rotary_dim=8, rotary_base=10000,
+                recompute_granularity=None)
     args.update(changes)
     return Namespace(**args)
 
