@@ -11,7 +11,7 @@ from support.torchrun import TINY_MODEL, layout_flags, read_metrics_file, run_tr
 # name: (processes, tp, pp); DP is what is left.
 LAYOUTS = {
     "TP1PP1": (1, 1, 1), "DP2": (2, 1, 1), "TP2PP1": (2, 2, 1), "TP4": (4, 4, 1), "PP4": (4, 1, 4),
-    "TP2xPP2": (4, 2, 2),
+    "TP2xPP2": (4, 2, 2), "PP2xDP2": (4, 1, 2), "TP2xDP2": (4, 2, 1),
 }
 
 

@@ -6,6 +6,8 @@ Keys (flat, one per global tensor):
     optimizer.state.exp_avg.<parameter name>          Adam's first moment, sharded like the parameter
     optimizer.state.exp_avg_sq.<parameter name>       Adam's second moment
     optimizer.state.step.<parameter name>             Adam's step count (a replicated scalar)
+With --use-distributed-optimizer a rank holds the Adam state of a flat range of each parameter
+and writes it as row chunks of the same global tensors (flat_range.py): the format is unchanged.
 
 How a parameter maps to its global tensor:
 - `tensor_parallel_dim` None: replicated over TP; the whole tensor at offset 0 (DCP writes one copy).
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 
 import torch
 
+from goldtron.checkpoint.flat_range import flat_range_shard
 from goldtron.checkpoint.global_shard import GlobalShard, GlobalShardBlocks
 from goldtron.model.embedding import WORD_EMBEDDING_NAME
 
@@ -105,12 +108,30 @@ def model_and_optimizer_state(placements: list[ParameterPlacement], optimizer: t
         if place.is_copy:
             continue
         state[place.saved_name] = place.shard(place.param, copy)
-        adam = optimizer.state.get(place.param) if optimizer is not None else None
-        if adam:
-            for kind in ADAM_MOMENTS:
-                state[optimizer_key(kind, place.saved_name)] = place.shard(adam[kind], copy)
-            state[optimizer_key("step", place.saved_name)] = copy(adam["step"])
+        if optimizer is not None:
+            state.update(_adam_values(place, optimizer, copy))
     return state
+
+
+def _adam_values(place: ParameterPlacement, optimizer, copy=lambda t: t) -> dict:
+    """The DCP values of `place`'s Adam state this rank holds: the whole local tensor's, or with
+    the distributed optimizer (which has owned_piece) the owned flat range's (flat_range.py)."""
+    owned_piece = getattr(optimizer, "owned_piece", None)
+    if owned_piece is None:
+        adam, shard = optimizer.state.get(place.param), place.shard
+    else:
+        piece = owned_piece(place.param)
+        adam = optimizer.state.get(piece.view) if piece is not None else None
+        shard = lambda t, copy=copy: flat_range_shard(place, piece.start, piece.end, copy(t))  # noqa: E731
+    values: dict = {}
+    if adam:
+        for kind in ADAM_MOMENTS:
+            value = shard(adam[kind], copy)
+            if value is not None:  # None: a range of padded vocabulary rows only
+                values[optimizer_key(kind, place.saved_name)] = value
+        if values:
+            values[optimizer_key("step", place.saved_name)] = copy(adam["step"])
+    return values
 
 
 def has_optimizer_state(optimizer: torch.optim.Optimizer) -> bool:
@@ -139,8 +160,5 @@ def load_targets(placements: list[ParameterPlacement], optimizer: torch.optim.Op
     if optimizer is not None:
         _prime_adam_state(optimizer)
         for place in placements:
-            adam = optimizer.state[place.param]
-            for kind in ADAM_MOMENTS:
-                state[optimizer_key(kind, place.saved_name)] = place.shard(adam[kind])
-            state[optimizer_key("step", place.saved_name)] = adam["step"]
+            state.update(_adam_values(place, optimizer))
     return state

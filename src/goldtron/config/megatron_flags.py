@@ -97,7 +97,8 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
     ),
     NoEffectFlag(
         "--dist-ckpt-optim-fully-reshardable",
-        "always true here: goldtron's optimizer state is saved per parameter with global shapes, so it reshards to any TP/PP.",
+        "always true here: goldtron's optimizer state (also --use-distributed-optimizer's) is saved per parameter "
+        "with global shapes, so it reshards to any TP/PP/DP.",
     ),
     NoEffectFlag(
         "--empty-unused-memory-level",
@@ -128,7 +129,6 @@ UNIMPLEMENTED_FLAGS: dict[str, str] = {
     "--expert-model-parallel-size": "mixture of experts",
     "--expert-tensor-parallel-size": "mixture of experts",
     "--num-experts": "mixture of experts",
-    "--use-distributed-optimizer": "distributed (ZeRO-1) optimizer",
     "--overlap-grad-reduce": "gradient reduce overlapped with backward",
     "--overlap-param-gather": "parameter all-gather overlapped with forward",
     "--recompute-modules": "selective recomputation of modules other than core attention (core_attn, "

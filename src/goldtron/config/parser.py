@@ -115,6 +115,9 @@ def _add_training_flags(g) -> None:
     g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warmup length in iterations")
     g.add_argument("--weight-decay", type=float, default=0.01, help="decoupled; not on biases and norms")
     g.add_argument("--clip-grad", type=float, default=1.0, help="global grad-norm clip; 0 disables")
+    g.add_argument("--use-distributed-optimizer", action="store_true",
+                   help="shard Adam state over the data-parallel ranks (ZeRO-1): reduce-scatter gradients, "
+                        "update the owned range, all-gather parameters")
     g.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1")
     g.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2")
     g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")

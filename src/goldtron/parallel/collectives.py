@@ -134,3 +134,25 @@ def copy_to_tensor_parallel(x: torch.Tensor, group) -> torch.Tensor:
 
 def reduce_from_tensor_parallel(x: torch.Tensor, group) -> torch.Tensor:
     return x if group is None else _ReduceFromTensorParallel.apply(x, group)
+
+
+
+def _flat_collective(collective, output: torch.Tensor, source: torch.Tensor, group) -> torch.Tensor:
+    """collective(output, source) on `group`, released like all_reduce_'s; a copy on one rank."""
+    if group is None:
+        return output.copy_(source)
+    tensors = [output, source]
+    before = _references(tensors)
+    collective(output, source, group=group)
+    wait_for_backend_release(tensors, before)
+    return output
+
+
+def reduce_scatter_(output: torch.Tensor, flat: torch.Tensor, group) -> torch.Tensor:
+    """Sum `flat` over `group`; this rank keeps its contiguous 1/size of the result in `output`."""
+    return _flat_collective(dist.reduce_scatter_single, output, flat, group)
+
+
+def all_gather_flat_(output: torch.Tensor, shard: torch.Tensor, group) -> torch.Tensor:
+    """Concatenate every rank's `shard` (rank order) into `output`."""
+    return _flat_collective(dist.all_gather_single, output, shard, group)

@@ -20,12 +20,17 @@ from goldtron.parallel.collectives import all_reduce_, all_reduce_flat_
 from goldtron.parallel.state import ParallelState
 
 
+def is_counted(p: torch.nn.Parameter, ps: ParallelState) -> bool:
+    """Whether this rank counts `p` in norms and num-zeros (the rules above)."""
+    if getattr(p, "is_embedding_copy", False):
+        return False
+    return p.tensor_parallel_dim is not None or ps.tp_rank == 0
+
+
 def counted_views(params: list[torch.nn.Parameter], ps: ParallelState, use_grad: bool) -> list[torch.Tensor]:
     out = []
     for p in params:
-        if getattr(p, "is_embedding_copy", False):
-            continue
-        if p.tensor_parallel_dim is None and ps.tp_rank != 0:
+        if not is_counted(p, ps):
             continue
         t = p.grad if use_grad else p.detach()
         if t is None:
@@ -48,27 +53,28 @@ def reduce_gradients(params: list[torch.nn.Parameter], ps: ParallelState, shared
         all_reduce_(shared_embedding.grad, ps.embedding_group)
 
 
-def global_norm(views: list[torch.Tensor], ps: ParallelState) -> float:
+def global_norm(views: list[torch.Tensor], ps: ParallelState, group=None) -> float:
+    """L2 norm over `views` summed over `group` (default: this replica's model-parallel ranks)."""
     local = torch.zeros(1, dtype=torch.float64, device=ps.device)
     for v in views:
         # float64 accumulation: the layout changes the summation order, and fp32 would show it.
         local += torch.linalg.vector_norm(v, 2, dtype=torch.float64) ** 2
-    all_reduce_(local, ps.model_parallel_group)
+    all_reduce_(local, group or ps.model_parallel_group)
     return math.sqrt(float(local))
 
 
-def count_zeros(views: list[torch.Tensor], ps: ParallelState) -> int:
+def count_zeros(views: list[torch.Tensor], ps: ParallelState, group=None) -> int:
     local = torch.zeros(1, dtype=torch.float64, device=ps.device)
     for v in views:
         local += (v == 0).sum()
-    all_reduce_(local, ps.model_parallel_group)
+    all_reduce_(local, group or ps.model_parallel_group)
     return int(local)
 
 
-def clip_gradients_(params: list[torch.nn.Parameter], grad_norm: float, max_norm: float) -> None:
+def clip_gradients_(gradients: list[torch.Tensor], grad_norm: float, max_norm: float) -> None:
     if max_norm <= 0:
         return
     coeff = max_norm / (grad_norm + 1.0e-6)
     if coeff < 1.0:
-        for p in params:
-            p.grad.mul_(coeff)
+        for g in gradients:
+            g.mul_(coeff)

@@ -17,6 +17,7 @@ from goldtron.parallel.schedule import MicroBatch, Schedule, StepLoss
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.trace import KINDS, StepTrace
 from goldtron.training import grads
+from goldtron.training.distributed_optimizer import DistributedOptimizer
 from goldtron.training.logging import TensorBoardLog, megatron_log_line, print_rank
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.memory import MemoryStats
@@ -37,6 +38,9 @@ class Trainer:
         self.memory = memory
         self.checkpointer = checkpointer
         self.params = [p for p in model.parameters()]
+        self.distributed_optimizer = isinstance(optimizer, DistributedOptimizer)
+        # Norms are summed over the model-parallel ranks, and over DP too when DP ranks hold disjoint ranges.
+        self.norm_group = optimizer.norm_group if self.distributed_optimizer else None
         self.iteration = 0
         self.consumed_samples = 0
         self.tb = TensorBoardLog(args.tensorboard_dir, ps.is_logging_rank)
@@ -70,11 +74,16 @@ class Trainer:
         self.schedule.drain_deferred_wgrads()
 
         with trace.span("grad-reduce"):
-            grads.reduce_gradients(self.params, ps, self.model.shared_embedding_weight())
-            grad_views = grads.counted_views(self.params, ps, use_grad=True)
-            grad_norm = grads.global_norm(grad_views, ps)
-            num_zeros = grads.count_zeros(grad_views, ps) if a.log_num_zeros_in_grad else None
-            grads.clip_gradients_(self.params, grad_norm, a.clip_grad)
+            if self.distributed_optimizer:  # reduce-scatter: this rank sees its owned ranges only
+                self.optimizer.reduce_gradients()
+                grad_views, gradients = self.optimizer.counted_views(use_grad=True), self.optimizer.gradient_shards()
+            else:
+                grads.reduce_gradients(self.params, ps, self.model.shared_embedding_weight())
+                grad_views, gradients = grads.counted_views(self.params, ps, use_grad=True), [p.grad for p in self.params]
+            grad_norm = grads.global_norm(grad_views, ps, self.norm_group)
+            num_zeros = grads.count_zeros(grad_views, ps, self.norm_group) if a.log_num_zeros_in_grad else None
+            grads.clip_gradients_(gradients, grad_norm, a.clip_grad)
+            del gradients
         with trace.span("optimizer"):
             if self.checkpointer is not None:
                 self.checkpointer.before_optimizer_step()  # an async save's copy must be complete
@@ -83,8 +92,11 @@ class Trainer:
         self.iteration += 1
         self.consumed_samples += a.global_batch_size
 
-        params_norm = grads.global_norm(grads.counted_views(self.params, ps, use_grad=False), ps) \
-            if a.log_params_norm else None
+        params_norm = None
+        if a.log_params_norm:
+            views = self.optimizer.counted_views(use_grad=False) if self.distributed_optimizer \
+                else grads.counted_views(self.params, ps, use_grad=False)
+            params_norm = grads.global_norm(views, ps, self.norm_group)
         lm_loss = self._reduce_loss(step_loss)
         trace.end = time.perf_counter()
         self.last_trace = trace

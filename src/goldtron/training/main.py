@@ -77,7 +77,7 @@ def build_trainer(args, ps, device: torch.device):
     memory = MemoryStats(device, enabled=args.log_memory_to_tensorboard)
     rng = DropoutRNG(args.seed, ps.pp_rank, ps.tp_rank, device)
     model = GPTStage(args, ps, rng)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, ps)
     lr_schedule = LRSchedule(args.lr, args.min_lr, args.lr_warmup_samples, args.lr_decay_samples,
                              args.lr_decay_style)
     p2p = PipelineP2P(ps, (args.micro_batch_size, args.seq_length, args.hidden_size), args.params_dtype)
