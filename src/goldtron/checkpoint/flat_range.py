@@ -48,6 +48,8 @@ def flat_range_shard(place, start: int, end: int, flat: torch.Tensor) -> GlobalS
     """`flat` (the state of local elements [start, end) of place.param) as DCP values at their
     places in the saved global tensor; None when the range holds only padded vocabulary rows."""
     param = place.param
+    if place.blocks > 1 and param.tensor_parallel_dim != 0:
+        raise NotImplementedError("flat ranges of a tensor split in blocks along dim 1")  # no such layer today
     if param.dim() == 1:
         rows_total, row_length = param.shape[0], 1
     else:
