@@ -44,10 +44,11 @@ def same_layout(common: dict, ps, args) -> bool:
     """Same TP, PP, DP and the same layers on each stage: each rank's random streams then drew for
     the same layers, so restoring them continues the run exactly."""
     saved = common["layout"]
-    saved_stages = saved.get("pipeline_stage_layers", _even_stages(common, saved))
-    return (saved["tensor_model_parallel_size"], saved["pipeline_model_parallel_size"],
-            saved["data_parallel_size"], list(saved_stages)) == (
-            ps.tp_size, ps.pp_size, ps.dp_size, stage_layer_counts(PipelineSplit.from_args(args)))
+    if (saved["tensor_model_parallel_size"], saved["pipeline_model_parallel_size"],
+            saved["data_parallel_size"]) != (ps.tp_size, ps.pp_size, ps.dp_size):
+        return False
+    saved_stages = saved.get("pipeline_stage_layers") or _even_stages(common, saved)
+    return saved_stages is None or list(saved_stages) == stage_layer_counts(PipelineSplit.from_args(args))
 
 
 def _even_stages(common: dict, saved_layout: dict) -> list[int] | None:
