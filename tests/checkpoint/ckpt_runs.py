@@ -11,7 +11,7 @@ from support.torchrun import TINY_MODEL, layout_flags, read_metrics_file, run_tr
 # name: (processes, tp, pp); DP is what is left.
 LAYOUTS = {
     "TP1PP1": (1, 1, 1), "DP2": (2, 1, 1), "TP2PP1": (2, 2, 1), "TP4": (4, 4, 1), "PP4": (4, 1, 4),
-    "TP2xPP2": (4, 2, 2), "PP2xDP2": (4, 1, 2), "TP2xDP2": (4, 2, 1),
+    "TP2xPP2": (4, 2, 2), "PP2xDP2": (4, 1, 2), "TP2xDP2": (4, 2, 1), "PP2": (2, 1, 2),
 }
 
 
@@ -21,6 +21,17 @@ def layout_run(tmp_path: Path, name: str, layout: str, flags: list[str]) -> tupl
     metrics = tmp_path / f"{name}.metrics.jsonl"
     result = run_train(nproc, TINY_MODEL + layout_flags(tp, pp) + flags, env={"GOLDTRON_METRICS_FILE": str(metrics)})
     return (read_metrics_file(metrics) if metrics.exists() else []), result.stdout
+
+
+def train_save_rewind(tmp_path: Path, layout: str, flags: list[str], iters: int, half: int
+                      ) -> tuple[Path, list[dict]]:
+    """Train to `iters` under `layout` saving at `half` (and the end), then rewind to `half`:
+    (save dir, run 1's per-step metrics), ready for a second run to load."""
+    save = tmp_path / "ckpt"
+    steps, _ = layout_run(tmp_path, "base", layout, flags + [
+        "--train-iters", str(iters), "--save", str(save), "--save-interval", str(half)])
+    rewind(save, half)
+    return save, steps
 
 
 def rewind(save_dir: Path, iteration: int) -> None:

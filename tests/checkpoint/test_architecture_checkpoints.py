@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from checkpoint.ckpt_runs import after, layout_run, relative, rewind
+from checkpoint.ckpt_runs import after, layout_run, relative, rewind, train_save_rewind
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.validation import check_architecture
 from goldtron.training.checkpoint_commands import EXIT_ERROR, main as ckpt_main
@@ -44,12 +44,7 @@ def test_resume_is_bitwise_exact_with_dropout(tmp_path):
 def tp2pp2(tmp_path_factory):
     """A rope + SwiGLU model (with biases: fc1's bias is blocked too) trained under TP2 x PP2 to 4,
     saved at 2, rewound to 2: (save dir, run 1's metrics)."""
-    tmp = tmp_path_factory.mktemp("tp2pp2")
-    save = tmp / "ckpt"
-    steps, _ = layout_run(tmp, "base", "TP2xPP2", NO_DROPOUT + ROPE_SWIGLU + [
-        "--train-iters", "4", "--save", str(save), "--save-interval", "2"])
-    rewind(save, 2)
-    return save, steps
+    return train_save_rewind(tmp_path_factory.mktemp("tp2pp2"), "TP2xPP2", NO_DROPOUT + ROPE_SWIGLU, 4, 2)
 
 
 def test_tp2pp2_checkpoint_continues_under_tp1(tp2pp2, tmp_path):

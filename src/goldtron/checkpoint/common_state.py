@@ -10,6 +10,7 @@ from __future__ import annotations
 from goldtron import __version__
 from goldtron.arguments import args_to_dict
 from goldtron.checkpoint.errors import CheckpointError
+from goldtron.model.pipeline_split import PipelineSplit, stage_layer_counts
 
 # The LR-schedule settings Megatron checks against the flags on resume (state key -> flag).
 SCHEDULE_SETTINGS = {
@@ -24,8 +25,7 @@ def build_common_state(trainer, has_optimizer: bool, has_rng: bool) -> dict:
         "iteration": trainer.iteration,
         "consumed_samples": trainer.consumed_samples,
         "opt_param_scheduler": trainer.lr_schedule.state_dict(),
-        "layout": {"tensor_model_parallel_size": ps.tp_size, "pipeline_model_parallel_size": ps.pp_size,
-                   "data_parallel_size": ps.dp_size, "world_size": ps.world_size},
+        "layout": layout_record(ps, args),
         "contents": {"model": True, "optimizer": has_optimizer, "rng": has_rng},
         "real_vocab_size": args.real_vocab_size,
         "goldtron_version": __version__,
@@ -33,14 +33,43 @@ def build_common_state(trainer, has_optimizer: bool, has_rng: bool) -> dict:
     }
 
 
-def same_layout(common: dict, ps) -> bool:
+def layout_record(ps, args) -> dict:
+    """The layout a run trains under: TP, PP, DP and the transformer layers of each pipeline stage."""
+    return {"tensor_model_parallel_size": ps.tp_size, "pipeline_model_parallel_size": ps.pp_size,
+            "data_parallel_size": ps.dp_size, "world_size": ps.world_size,
+            "pipeline_stage_layers": stage_layer_counts(PipelineSplit.from_args(args))}
+
+
+def same_layout(common: dict, ps, args) -> bool:
+    """Same TP, PP, DP and the same layers on each stage: each rank's random streams then drew for
+    the same layers, so restoring them continues the run exactly."""
     saved = common["layout"]
-    return (saved["tensor_model_parallel_size"], saved["pipeline_model_parallel_size"],
-            saved["data_parallel_size"]) == (ps.tp_size, ps.pp_size, ps.dp_size)
+    if (saved["tensor_model_parallel_size"], saved["pipeline_model_parallel_size"],
+            saved["data_parallel_size"]) != (ps.tp_size, ps.pp_size, ps.dp_size):
+        return False
+    saved_stages = saved.get("pipeline_stage_layers") or _even_stages(common, saved)
+    return saved_stages is None or list(saved_stages) == stage_layer_counts(PipelineSplit.from_args(args))
+
+
+def _even_stages(common: dict, saved_layout: dict) -> list[int] | None:
+    # Checkpoints written before uneven splits existed record no split: theirs was even.
+    num_layers = (common.get("args") or {}).get("num_layers")
+    pp = saved_layout["pipeline_model_parallel_size"]
+    return None if num_layers is None else [num_layers // pp] * pp
 
 
 def describe_layout(tp: int, pp: int, dp: int) -> str:
     return f"TP{tp} x PP{pp} x DP{dp}"
+
+
+def describe_layout_record(layout: dict) -> str:
+    """'TP2 x PP2 x DP1', with the layers per stage when the split is uneven."""
+    text = describe_layout(layout["tensor_model_parallel_size"], layout["pipeline_model_parallel_size"],
+                           layout["data_parallel_size"])
+    stages = layout.get("pipeline_stage_layers")
+    if stages and len(set(stages)) > 1:
+        text += f" (layers per stage {','.join(map(str, stages))})"
+    return text
 
 
 def restore_schedule(saved: dict, lr_schedule, args, checkpoint_path: str) -> None:

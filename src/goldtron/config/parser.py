@@ -85,6 +85,16 @@ def _add_model_flags(g) -> None:
 def _add_parallel_flags(g) -> None:
     g.add_argument("--tensor-model-parallel-size", type=int, default=1, help="TP: ranks sharing each layer")
     g.add_argument("--pipeline-model-parallel-size", type=int, default=1, help="PP: pipeline stages")
+    g.add_argument("--decoder-first-pipeline-num-layers", type=int, default=None,
+                   help="layers on the first pipeline stage; the rest split evenly over the others "
+                        "(default: an even split)")
+    g.add_argument("--decoder-last-pipeline-num-layers", type=int, default=None,
+                   help="layers on the last pipeline stage; the rest split evenly over the others "
+                        "(default: an even split)")
+    g.add_argument("--account-for-embedding-in-pipeline-split", action="store_true",
+                   help="count the embedding as one layer of the first stage when splitting layers over PP")
+    g.add_argument("--account-for-loss-in-pipeline-split", action="store_true",
+                   help="count the loss (LM head) as one layer of the last stage when splitting layers over PP")
     # Free text, checked in validation.py, so an unknown backend gets a message with the fix.
     g.add_argument("--distributed-backend", default=None,
                    help="nccl or gloo; default nccl when CUDA is available, else gloo")
@@ -139,7 +149,7 @@ def _add_recompute_flags(g) -> None:
                    help="full only: uniform = each pipeline stage's layers in chunks of N, one checkpoint per "
                         "chunk; block = the first N layers of each stage, one checkpoint each")
     g.add_argument("--recompute-num-layers", type=int, default=None,
-                   help="full only: N of --recompute-method, 1 to the layers per pipeline stage")
+                   help="full only: N of --recompute-method, 1 to the layers of the largest pipeline stage")
     g.add_argument("--recompute-activations", action="store_true",
                    help="legacy spelling of --recompute-granularity selective")
 

@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from goldtron.config.errors import ConfigError
+from goldtron.model.pipeline_split import PipelineSplit, describe_split, split_problems, stage_layer_counts
 
 SUPPORTED_BACKENDS = ("nccl", "gloo")
 
@@ -169,9 +170,8 @@ def _complete_model_shape(args, problems: _Problems) -> None:
         problems.add(f"--num-attention-heads {args.num_attention_heads} is not divisible by "
                      f"--tensor-model-parallel-size {tp}: each TP rank needs whole heads. Choose a TP size "
                      "that divides the head count.")
-    if args.num_layers % pp:
-        problems.add(f"--num-layers {args.num_layers} is not divisible by --pipeline-model-parallel-size {pp}: "
-                     "every pipeline stage gets the same number of layers. Choose a PP size that divides it.")
+    for message in split_problems(PipelineSplit.from_args(args)):
+        problems.add(message)
     if args.kv_channels is None:
         if args.hidden_size % args.num_attention_heads:
             problems.add(f"--hidden-size {args.hidden_size} is not divisible by --num-attention-heads "
@@ -269,9 +269,16 @@ def _complete_recompute(args, problems: _Problems) -> None:
             return
         args.recompute_granularity = "selective"  # as Megatron: the legacy flag is selective
     granularity, method, n = args.recompute_granularity, args.recompute_method, args.recompute_num_layers
-    pp = args.pipeline_model_parallel_size
-    per_stage = args.num_layers // pp if args.num_layers % pp == 0 else None
-    stage_text = f"{per_stage} here (--num-layers {args.num_layers} / --pipeline-model-parallel-size {pp})"
+    split = PipelineSplit.from_args(args)
+    counts = None if split_problems(split) else stage_layer_counts(split)  # bad splits are reported above
+    # N is checked against the largest stage; a smaller stage recomputes all of its layers (block),
+    # as Megatron's block loop does. The even split has one size, so this is the usual rule there.
+    per_stage = max(counts) if counts else None
+    if split.is_even:
+        stage_text = (f"{per_stage} here (--num-layers {args.num_layers} / --pipeline-model-parallel-size "
+                      f"{split.pp_size})")
+    else:
+        stage_text = f"{per_stage} here (the largest stage of the split {describe_split(split)})"
     if granularity is None:
         # Megatron ignores them silently; goldtron says so, since they would change nothing.
         given = [f for f, v in (("--recompute-method", method), ("--recompute-num-layers", n)) if v is not None]
@@ -297,10 +304,12 @@ def _complete_recompute(args, problems: _Problems) -> None:
         elif per_stage is not None and not 1 <= n <= per_stage:
             problems.add(f"--recompute-num-layers {n}: must be between 1 and the layers per pipeline stage, "
                          f"{stage_text}.")
-        elif per_stage is not None and method == "uniform" and per_stage % n:
+        elif counts is not None and method == "uniform" and any(c % n for c in counts):
+            uneven_stages = ", ".join(f"stage {s} has {c}" for s, c in enumerate(counts) if c % n)
             problems.add(f"--recompute-method uniform with --recompute-num-layers {n}: the layers per pipeline "
-                         f"stage, {stage_text}, are not a whole number of chunks of {n} (Megatron fails on this "
-                         "too). Choose N that divides them, or --recompute-method block.")
+                         f"stage ({uneven_stages}; {describe_split(split)}) are not a whole number of chunks of {n} "
+                         "(Megatron fails on this too). Choose N that divides every stage's layers, or "
+                         "--recompute-method block.")
 
 
 def _complete_lr_schedule(args, problems: _Problems) -> None:

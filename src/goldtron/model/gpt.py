@@ -16,6 +16,7 @@ from goldtron.model.embedding import Embedding, full_word_embedding
 from goldtron.model.init import normal_full
 from goldtron.model.layer_norm import LayerNorm
 from goldtron.model.output_layer import OutputLayer
+from goldtron.model.pipeline_split import PipelineSplit, stage_layer_range
 from goldtron.model.recompute import layer_chunks, run_layer_chunks
 from goldtron.model.transformer import TransformerLayer
 from goldtron.parallel.cross_entropy import vocab_parallel_cross_entropy
@@ -26,17 +27,12 @@ from goldtron.parallel.tensor_parallel import vocab_parallel_weight, vocab_range
 OUTPUT_WEIGHT_NAME = "output_layer.weight"
 
 
-def stage_layer_indices(num_layers: int, pp_size: int, pp_rank: int) -> range:
-    per_stage = num_layers // pp_size
-    return range(pp_rank * per_stage, (pp_rank + 1) * per_stage)
-
-
 class Decoder(nn.Module):
     def __init__(self, args: Namespace, ps: ParallelState, rng: DropoutRNG):
         super().__init__()
         self.layers = nn.ModuleDict({
             str(i): TransformerLayer(args, ps, f"decoder.layers.{i}", rng)
-            for i in stage_layer_indices(args.num_layers, ps.pp_size, ps.pp_rank)
+            for i in stage_layer_range(PipelineSplit.from_args(args), ps.pp_rank)
         })
         self.final_layernorm = LayerNorm(args.hidden_size, args.layernorm_epsilon, ps.device) if ps.is_last_stage else None
         self.rng = rng

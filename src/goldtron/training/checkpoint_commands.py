@@ -10,6 +10,7 @@ import argparse
 import json
 import sys
 
+from goldtron.checkpoint.common_state import describe_layout_record
 from goldtron.checkpoint.errors import CheckpointError
 
 EXIT_ERROR = 2
@@ -70,8 +71,8 @@ def _print_text(d: dict) -> None:
     c = d["contents"]
     print(f"checkpoint   {d['path']}")
     print(f"iteration    {d['iteration']}   consumed samples {d['consumed_samples']}")
-    print(f"saved under  TP{layout['tensor_model_parallel_size']} x PP{layout['pipeline_model_parallel_size']} "
-          f"x DP{layout['data_parallel_size']} (world {layout['world_size']}), goldtron {d['goldtron_version']}")
+    print(f"saved under  {describe_layout_record(layout)} (world {layout['world_size']}), "
+          f"goldtron {d['goldtron_version']}")
     print(f"model        {c['model']['tensors']} tensors, {c['model']['parameters']:,} parameters, "
           f"{_human_bytes(c['model']['bytes'])}")
     opt = c["optimizer"]

@@ -24,7 +24,9 @@ import torch.distributed.checkpoint as dcp
 
 from goldtron.checkpoint import rng_state
 from goldtron.checkpoint.background import BackgroundWrite
-from goldtron.checkpoint.common_state import build_common_state, describe_layout, restore_schedule, same_layout
+from goldtron.checkpoint.common_state import (
+    build_common_state, describe_layout_record, layout_record, restore_schedule, same_layout,
+)
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.global_shard import GlobalShardLoadPlanner
 from goldtron.checkpoint.key_check import check_keys, gather_wanted_keys
@@ -169,7 +171,7 @@ class Checkpointer:
         if want_rng and not contents.get("rng"):
             raise CheckpointError(f"{found.path} has no RNG state (saved with --no-save-rng); "
                                   "add --no-load-rng or --finetune")
-        load_rng = want_rng and same_layout(common, ps)
+        load_rng = want_rng and same_layout(common, ps, a)
         if a.dist_ckpt_strictness != "ignore_all":
             check_architecture(common.get("args"), a, found.path)
         self._log(f"loading checkpoint from {a.load} at iteration {found.iteration}")
@@ -198,8 +200,7 @@ class Checkpointer:
         elif want_rng:
             saved = common["layout"]
             self._log(f"RNG state not restored: the checkpoint was saved under "
-                      f"{describe_layout(saved['tensor_model_parallel_size'], saved['pipeline_model_parallel_size'], saved['data_parallel_size'])}"
-                      f" and this run is {describe_layout(ps.tp_size, ps.pp_size, ps.dp_size)}; random streams "
+                      f"{describe_layout_record(saved)} and this run is {describe_layout_record(layout_record(ps, a))}; random streams "
                       "belong to a rank of a layout, so dropout masks after the resume differ from an uninterrupted run")
         if not fresh_start:
             trainer.iteration = common["iteration"]

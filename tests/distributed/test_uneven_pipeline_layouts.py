@@ -1,0 +1,45 @@
+"""The core promise under Megatron's uneven pipeline split: an 8-layer model trained 10 steps with
+the layers cut unevenly over the stages equals the single-process run (1e-5, support/metrics.py),
+as the even layouts do in test_layouts.py. A wrong layer range (a layer built twice, skipped, or
+built with another layer's weights) changes the loss at the first step.
+
+The zero-layer case: --account-for-embedding-in-pipeline-split with PP = layers + 1 leaves the
+first stage the embedding alone (Megatron allows it), checked on a 1-layer model at PP2.
+"""
+
+import pytest
+from support.metrics import assert_same_training
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read
+
+ITERS = ["--train-iters", "10"]
+EIGHT_LAYERS = ["--num-layers", "8"]
+FIRST, LAST = "--decoder-first-pipeline-num-layers", "--decoder-last-pipeline-num-layers"
+LAYOUTS = {  # name: (processes, tp, pp, split flags); the layers per stage in the name
+    "PP4 first 1 last 1 (1,3,3,1)": (4, 1, 4, [FIRST, "1", LAST, "1"]),
+    "TP2xPP2 first 3 (3,5)": (4, 2, 2, [FIRST, "3"]),
+    "PP3 account embedding (2,3,3)": (3, 1, 3, ["--account-for-embedding-in-pipeline-split"]),
+    "PP3 account loss (3,3,2)": (3, 1, 3, ["--account-for-loss-in-pipeline-split"]),
+}
+
+
+@pytest.fixture(scope="module")
+def single_process(tmp_path_factory):
+    return train_and_read(tmp_path_factory.mktemp("single8"), "run", 1, TINY_MODEL + EIGHT_LAYERS + NO_DROPOUT + ITERS)
+
+
+@pytest.mark.parametrize("name", list(LAYOUTS))
+def test_uneven_layout_equals_single_process(name, single_process, tmp_path):
+    nproc, tp, pp, split = LAYOUTS[name]
+    steps = train_and_read(tmp_path, "run", nproc, TINY_MODEL + EIGHT_LAYERS + NO_DROPOUT + ITERS
+                           + layout_flags(tp, pp) + split)
+    assert len(steps) == 10
+    assert_same_training(steps, single_process, name)
+
+
+def test_first_stage_with_the_embedding_alone_equals_single_process(tmp_path):
+    one_layer = TINY_MODEL + ["--num-layers", "1"] + NO_DROPOUT + ["--train-iters", "5"]
+    reference = train_and_read(tmp_path, "single", 1, one_layer)
+    steps = train_and_read(tmp_path, "pp2", 2, one_layer + layout_flags(1, 2)
+                           + ["--account-for-embedding-in-pipeline-split"])
+    assert len(steps) == 5
+    assert_same_training(steps, reference, "PP2 account embedding (0,1)")
