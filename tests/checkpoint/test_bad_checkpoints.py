@@ -13,7 +13,7 @@ import pytest
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.key_check import check_keys
 from goldtron.checkpoint.validation import find_checkpoint
-from support.torchrun import TINY_MODEL, layout_flags, run_train
+from support.torchrun import EVERY_RANK_MONITOR_INTERVAL_S, TINY_MODEL, layout_flags, run_train
 
 SHARD = "__0_0.distcp"
 
@@ -75,7 +75,8 @@ def test_truncated_shard_fails_on_every_rank_and_overwrites_nothing(copy):
     _truncate(copy / "iter_0000002" / SHARD)
     before = _listing(copy)
     result = run_train(2, TINY_MODEL + layout_flags() + ["--train-iters", "4", "--lr-decay-iters", "4", "--save-interval", "1",
-                                                         "--load", str(copy), "--save", str(copy)], check=False)
+                                                         "--load", str(copy), "--save", str(copy)], check=False,
+                       monitor_interval=EVERY_RANK_MONITOR_INTERVAL_S)
     assert result.returncode != 0 and "exitcode  : 2" in result.stderr
     for rank in (0, 1):
         assert f"checkpoint error (rank {rank})" in result.stderr and SHARD in result.stderr, result.stderr[-3000:]

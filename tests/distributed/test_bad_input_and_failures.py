@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from support.torchrun import TINY_MODEL, free_port, layout_flags, run_train
+from support.torchrun import EVERY_RANK_MONITOR_INTERVAL_S, TINY_MODEL, free_port, layout_flags, run_train
 
 BAD_INPUTS = {
     # name: (processes, extra flags, words the message must contain)
@@ -27,7 +27,8 @@ BAD_INPUTS = {
 @pytest.mark.parametrize("name", list(BAD_INPUTS))
 def test_bad_input_fails_on_every_rank(name):
     nproc, extra, words = BAD_INPUTS[name]
-    result = run_train(nproc, TINY_MODEL + ["--train-iters", "2"] + extra, timeout=90, check=False)
+    result = run_train(nproc, TINY_MODEL + ["--train-iters", "2"] + extra, timeout=90, check=False,
+                       monitor_interval=EVERY_RANK_MONITOR_INTERVAL_S)
     assert result.returncode != 0
     for rank in range(nproc):
         assert f"error (rank {rank})" in result.stderr, (name, result.stderr[-2000:])

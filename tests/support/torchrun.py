@@ -36,10 +36,17 @@ def layout_flags(tp: int = 1, pp: int = 1) -> list[str]:
     return ["--tensor-model-parallel-size", str(tp), "--pipeline-model-parallel-size", str(pp)]
 
 
+# torchrun ends the other ranks at its first look after one rank exits. A test that wants every
+# rank's own error message gives the slower ranks (still importing torch on a loaded machine)
+# this long to reach their flag validation first.
+EVERY_RANK_MONITOR_INTERVAL_S = 5.0
+
+
 def run_train(nproc: int, flags: list[str], timeout: float = 240, env: dict | None = None,
-              check: bool = True) -> subprocess.CompletedProcess:
+              check: bool = True, monitor_interval: float | None = None) -> subprocess.CompletedProcess:
+    monitor = [] if monitor_interval is None else ["--monitor-interval", str(monitor_interval)]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *monitor,
            "--module", "goldtron", "train", *flags]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     full_env.update(env or {})
