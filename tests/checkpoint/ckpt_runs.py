@@ -6,6 +6,7 @@ from __future__ import annotations
 import shutil
 from pathlib import Path
 
+from support.metrics import relative  # noqa: F401  (re-exported for the checkpoint tests)
 from support.torchrun import TINY_MODEL, layout_flags, read_metrics_file, run_train
 
 # name: (processes, tp, pp); DP is what is left.
@@ -47,5 +48,3 @@ def after(steps: list[dict], iteration: int) -> list[dict]:
     return [s for s in steps if s["iteration"] > iteration]
 
 
-def relative(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-12)

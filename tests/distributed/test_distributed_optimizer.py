@@ -12,6 +12,7 @@ moments plus half of the gradients.
 
 import pytest
 
+from support.metrics import relative
 from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read
 
 ITERS = ["--train-iters", "10"]
@@ -24,40 +25,31 @@ LAYOUT_RTOL = 1e-5  # tests/distributed/test_layouts.py
 NORM_RTOL = 1e-14
 
 
-def _relative(a: float, b: float) -> float:
-    return abs(a - b) / max(abs(b), 1e-12)
-
-
-@pytest.fixture(scope="module")
-def single_process(tmp_path_factory):
-    return train_and_read(tmp_path_factory.mktemp("single"), "run", 1, TINY_MODEL + NO_DROPOUT + ITERS)
-
-
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_distributed_optimizer_equals_plain_and_single_process(name, single_process, tmp_path):
+def test_distributed_optimizer_equals_plain_and_single_process(name, tiny_single_process, tmp_path):
     nproc, tp, pp = LAYOUTS[name]
     flags = TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp)
     plain = train_and_read(tmp_path, "plain", nproc, flags)
     sharded = train_and_read(tmp_path, "sharded", nproc, flags + DISTOPT)
     assert [s["iteration"] for s in sharded] == list(range(1, 11))
-    for ours, ref, single in zip(sharded, plain, single_process):
+    for ours, ref, single in zip(sharded, plain, tiny_single_process):
         it = ours["iteration"]
         for key in ("lm_loss", "grad_norm", "params_norm"):
-            assert _relative(ours[key], single[key]) <= LAYOUT_RTOL, (name, it, key, ours[key], single[key])
+            assert relative(ours[key], single[key]) <= LAYOUT_RTOL, (name, it, key, ours[key], single[key])
         if name not in BITWISE:
-            assert _relative(ours["lm_loss"], ref["lm_loss"]) <= LAYOUT_RTOL, (name, it, ours["lm_loss"], ref["lm_loss"])
+            assert relative(ours["lm_loss"], ref["lm_loss"]) <= LAYOUT_RTOL, (name, it, ours["lm_loss"], ref["lm_loss"])
             assert abs(ours["num_zeros"] - ref["num_zeros"]) <= 5, (name, it, ours["num_zeros"], ref["num_zeros"])
             continue
         assert ours["lm_loss"] == ref["lm_loss"], (name, it, ours["lm_loss"], ref["lm_loss"])
         assert ours["num_zeros"] == ref["num_zeros"], (name, it, ours["num_zeros"], ref["num_zeros"])
         for key in ("grad_norm", "params_norm"):
-            assert _relative(ours[key], ref[key]) <= NORM_RTOL, (name, it, key, ours[key], ref[key])
+            assert relative(ours[key], ref[key]) <= NORM_RTOL, (name, it, key, ours[key], ref[key])
 
 
-def test_one_data_parallel_rank_is_the_plain_optimizer_bit_for_bit(single_process, tmp_path):
+def test_one_data_parallel_rank_is_the_plain_optimizer_bit_for_bit(tiny_single_process, tmp_path):
     flagged = train_and_read(tmp_path, "flagged", 1, TINY_MODEL + NO_DROPOUT + ITERS + DISTOPT)
     keys = ("lm_loss", "grad_norm", "num_zeros", "params_norm")
-    assert [[s[k] for k in keys] for s in flagged] == [[s[k] for k in keys] for s in single_process]
+    assert [[s[k] for k in keys] for s in flagged] == [[s[k] for k in keys] for s in tiny_single_process]
 
 
 def test_sharded_adam_state_lowers_allocated_bytes(tmp_path):

@@ -21,22 +21,17 @@ LAYOUTS = {  # name: (processes, tp, pp)
 }
 
 
-@pytest.fixture(scope="module")
-def single_process(tmp_path_factory):
-    return train_and_read(tmp_path_factory.mktemp("single"), "run", 1, TINY_MODEL + NO_DROPOUT + ITERS)
-
-
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_layout_equals_single_process(name, single_process, tmp_path):
+def test_layout_equals_single_process(name, tiny_single_process, tmp_path):
     nproc, tp, pp = LAYOUTS[name]
     steps = train_and_read(tmp_path, name, nproc, TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp))
     assert [s["iteration"] for s in steps] == list(range(1, 11))
-    assert_same_training(steps, single_process, name)
+    assert_same_training(steps, tiny_single_process, name)
 
 
-def test_identical_runs_are_bitwise_identical(single_process, tmp_path):
+def test_identical_runs_are_bitwise_identical(tiny_single_process, tmp_path):
     again = train_and_read(tmp_path, "again", 1, TINY_MODEL + NO_DROPOUT + ITERS)
-    assert [(s["lm_loss"], s["grad_norm"]) for s in again] == [(s["lm_loss"], s["grad_norm"]) for s in single_process]
+    assert [(s["lm_loss"], s["grad_norm"]) for s in again] == [(s["lm_loss"], s["grad_norm"]) for s in tiny_single_process]
 
 
 def test_identical_tp2_pp2_runs_with_dropout_are_bitwise_identical(tmp_path):
