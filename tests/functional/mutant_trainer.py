@@ -1,6 +1,6 @@
 """goldtron's trainer with one deliberate bug, for the flagship case's mutation checks.
 
-    python mutant_trainer.py MUTANT train [flags...]
+    python mutant_trainer.py MUTANT[,MUTANT...] train [flags...]
 
 A gate that passes a broken trainer is worthless: each mutant must make the flagship case fail,
 naming the metric and the step. The bugs are the ones the case exists to catch.
@@ -32,8 +32,27 @@ def skip_rng_restore() -> None:
     rng_state.restore = lambda saved, rng: None
 
 
-MUTANTS = {"drain-one-short": drain_one_short, "skip-rng-restore": skip_rng_restore}
+def twice_as_slow() -> None:
+    """Every step takes twice as long: after its forward/backward the rank waits as long again
+    (what a sleep per step, or a slow path in the loss, does to iteration-time)."""
+    import time
+
+    from goldtron.parallel.schedule import Schedule
+
+    train_step = Schedule.train_step
+
+    def slow(self, micro_batches):
+        started = time.perf_counter()
+        loss = train_step(self, micro_batches)
+        time.sleep(time.perf_counter() - started)
+        return loss
+
+    Schedule.train_step = slow
+
+
+MUTANTS = {"drain-one-short": drain_one_short, "skip-rng-restore": skip_rng_restore, "twice-as-slow": twice_as_slow}
 
 if __name__ == "__main__":
-    MUTANTS[sys.argv[1]]()
+    for name in sys.argv[1].split(","):
+        MUTANTS[name]()
     sys.exit(main(sys.argv[2:]))

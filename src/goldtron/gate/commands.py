@@ -103,7 +103,7 @@ def test_main(argv: list[str]) -> int:
 
 @_guarded
 def golden_main(argv: list[str]) -> int:
-    """goldtron golden from-tensorboard | diff | validate | stats"""
+    """goldtron golden from-tensorboard | diff | validate | stats | promote"""
     from goldtron.gate import golden_tools
 
     parser = _Parser(prog="goldtron golden", description="Golden-file tools.")
@@ -122,6 +122,12 @@ def golden_main(argv: list[str]) -> int:
     stats = sub.add_parser("stats", help="per-step statistics over repeated runs")
     stats.add_argument("runs", type=Path, nargs="+", help="golden-schema JSON files or TensorBoard folders")
     stats.add_argument("--out", type=Path, required=True)
+    promote = sub.add_parser("promote", help="make a run's actual values a case's golden (refuses drift)")
+    promote.add_argument("run_dir", type=Path, help="the --output-dir of a `goldtron test` run")
+    promote.add_argument("case", type=Path, help="the case folder to write the golden into")
+    promote.add_argument("--environment", default="dev", help="golden environment (default dev)")
+    promote.add_argument("--platform", help="golden platform or family (default: the run's platform)")
+    promote.add_argument("--force", action="store_true", help="accept drift outside the approximate band")
     args = parser.parse_args(argv)
     return golden_tools.dispatch(args)
 

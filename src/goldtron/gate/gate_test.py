@@ -16,9 +16,11 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from goldtron.gate.calibration import combine
 from goldtron.gate.case import golden_file_name, load_case
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.golden import Golden, write_golden
+from goldtron.gate.golden_choice import choose_golden
 from goldtron.gate.judging import judge_repeat, load_reference, recorded_golden, second_run_golden
 from goldtron.gate.launcher import LaunchOptions
 from goldtron.gate.platform import DEFAULT_ENVIRONMENT, detect_platform, gpu_count
@@ -59,19 +61,29 @@ class TestRequest:
                    command)
 
 
-def _record(case, request: TestRequest, platform: str, run1: Golden, run2: Golden | None, resume_step: int | None,
-            report: CaseReport) -> None:
-    from goldtron.gate.provenance import provenance, write_sidecar
+def _write_values(folder: Path, request: TestRequest, platform: str, case, run1: Golden, run2: Golden | None,
+                  resume_step: int | None, record: dict) -> list[Path]:
+    """Run 1 (and run 2 as `_2nd`) in golden schema under `folder`, each with its provenance."""
+    from goldtron.gate.provenance import write_sidecar
 
-    record = provenance(request.environment, platform, request.command, case.path)
-    path = write_golden(case.golden_path(request.environment, platform), recorded_golden(run1, case))
-    write_sidecar(path, record)
-    report.notes.append(f"recorded {path}")
+    written = [write_golden(folder / golden_file_name(request.environment, platform), recorded_golden(run1, case))]
     if run2 is not None and resume_step is not None:
-        second = write_golden(case.golden_path(request.environment, platform, second_run=True),
-                              second_run_golden(recorded_golden(run2, case), resume_step))
-        write_sidecar(second, record)
-        report.notes.append(f"recorded {second}")
+        written.append(write_golden(folder / golden_file_name(request.environment, platform, True),
+                                    second_run_golden(recorded_golden(run2, case), resume_step)))
+    for path in written:
+        write_sidecar(path, record)
+    return written
+
+
+def _calibrate(case) -> dict | None:
+    """The calibration workload timed on this machine (CPUs only, and only when iteration-time is
+    checked): what makes this run's iteration-time comparable with another machine's."""
+    from goldtron.gate.calibration import measure
+    from goldtron.gate.portable import CALIBRATED_METRIC
+
+    if CALIBRATED_METRIC not in case.metrics or gpu_count():
+        return None
+    return measure()
 
 
 def _warm_imports(plot: bool) -> None:
@@ -96,15 +108,20 @@ def run_test(request: TestRequest) -> int:
                            request.nnodes, request.node_rank, request.rdzv_endpoint)
     check_layout_fits(case, launch, gpus if request.nproc_per_node is None else 0)
     judging = launch.is_last_node
-    golden_path = case.golden_path(request.environment, platform)
+    choice = choose_golden(case, request.environment, platform, forced=request.platform is not None)
     report = CaseReport(case=case.name)
+    calibration = _calibrate(case) if judging else None
     try:
-        reference = load_reference(case, golden_path, request.record) if judging else None
+        reference = load_reference(case, choice, request.record, calibration) if judging else None
     except GateInputError as error:
-        if golden_path.is_file() or "no golden file" not in str(error):
+        if choice.exists or "no golden file" not in str(error):
             raise
         print(f"FAIL {case.name}: {error}")  # a missing golden is a failed gate, not a bad case
         return EXIT_FAIL
+    if judging:
+        golden_line = f"golden: {choice.reason}" if not request.record else f"recording: {choice.path.name}"
+        print(golden_line, flush=True)
+        report.notes.append(golden_line)
     deterministic = case.deterministic and not request.allow_nondeterministic
     if case.ignored_keys:
         report.notes.append(f"{case.config_file}: ignored top-level key(s) {', '.join(case.ignored_keys)}")
@@ -121,6 +138,9 @@ def run_test(request: TestRequest) -> int:
     for index in range(1, n_repeat + 1):
         repeat = run_repeat(case, options, index)
         training_s += repeat.training_wall_s
+        if judging and index == 1 and calibration is not None:
+            calibration = combine(calibration, _calibrate(case))  # timed again after the phases
+            reference.use_calibration(calibration)
         config_error = config_error or any(phase.config_error for phase in repeat.phases)
         if not judging:
             report.errors.extend(phase.describe_failure() for phase in repeat.phases if not phase.ok)
@@ -130,20 +150,22 @@ def run_test(request: TestRequest) -> int:
             break  # a failed phase: later repeats would fail the same way
         run1_values.append(run1)
         if index == 1:
+            from goldtron.gate.provenance import provenance
+
             first_run1 = run1
-            actual_dir = output_dir / "actual_values"
-            write_golden(actual_dir / golden_file_name(request.environment, platform), recorded_golden(run1, case))
-            if run2 is not None:
-                write_golden(actual_dir / golden_file_name(request.environment, platform, True),
-                             second_run_golden(recorded_golden(run2, case), repeat.resume_step))
+            record = provenance(request.environment, platform, request.command, case.path, calibration)
+            _write_values(output_dir / "actual_values", request, platform, case, run1, run2, repeat.resume_step,
+                          record)
             if request.record:
-                _record(case, request, platform, run1, run2, repeat.resume_step, report)
+                for path in _write_values(case.path, request, platform, case, run1, run2, repeat.resume_step, record):
+                    report.notes.append(f"recorded {path}")
                 reference.golden = recorded_golden(run1, case)  # later repeats must reproduce it
     if judging and len(run1_values) > 1:
         from goldtron.gate.stats import run_statistics, write_statistics
 
         write_statistics(output_dir / "statistics.json", run_statistics(run1_values))
     if judging:
+        report.notes.extend(reference.notes)
         print_table(report)
         write_reports(report, output_dir)
         if request.plot and first_run1 is not None:

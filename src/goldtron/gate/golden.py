@@ -4,7 +4,9 @@ Schema (one entry per metric):
     {"lm loss": {"start_step": 1, "end_step": 100, "step_interval": 1,
                  "values": {"1": 10.95177, "2": "nan", ...}}, ...}
 Values are rounded to 5 decimals; the string "nan" stands for a missing or non-finite value
-(Megatron's `_2nd` files hold "nan" before the resume step). Megatron writes
+(Megatron's `_2nd` files hold "nan" before the resume step). Megatron's older schema writes
+`values` as a list: entry i is step `start_step + i * step_interval` (a few of its files still do);
+such a series remembers it and is written back as a list. Megatron writes
 `json.dumps(..., indent=4)` without a trailing newline; older goldens are one compact line.
 Both layouts load, and `golden_text` reproduces either one byte for byte.
 """
@@ -37,6 +39,7 @@ class MetricSeries:
     end_step: int
     step_interval: int
     values: dict[int, Value] = field(default_factory=dict)
+    listed: bool = False  # read from the older list schema; written back the same way
 
     def numeric(self, step: int) -> float:
         """The value at `step` as a float; missing or "nan" is +inf, as Megatron's checks do."""
@@ -95,28 +98,41 @@ def parse_golden(data: object, source: str) -> Golden:
         if unknown:
             raise _bad(source, f"metric {metric!r}", f"unknown key(s) {', '.join(unknown)}",
                        f"keep only {', '.join(SERIES_KEYS)} (provenance goes in the .provenance.json sidecar)")
-        raw_values = entry["values"]
-        if not isinstance(raw_values, dict):
-            raise _bad(source, f"metric {metric!r} field 'values'", "expected an object step -> value",
-                       'write values as {"1": 10.9, "2": 10.8}')
-        values: dict[int, Value] = {}
-        for step_text, raw in raw_values.items():
-            try:
-                step = int(step_text)
-            except ValueError:
-                raise _bad(source, f"metric {metric!r} values", f"step key {step_text!r} is not an integer",
-                           "key values by iteration number") from None
-            values[step] = _parse_value(source, metric, step_text, raw)
-        golden[metric] = MetricSeries(
-            start_step=_parse_int(source, metric, "start_step", entry["start_step"]),
-            end_step=_parse_int(source, metric, "end_step", entry["end_step"]),
-            step_interval=_parse_int(source, metric, "step_interval", entry["step_interval"]),
-            values=values,
-        )
-        if golden[metric].step_interval <= 0:
+        start_step = _parse_int(source, metric, "start_step", entry["start_step"])
+        end_step = _parse_int(source, metric, "end_step", entry["end_step"])
+        step_interval = _parse_int(source, metric, "step_interval", entry["step_interval"])
+        if step_interval <= 0:
             raise _bad(source, f"metric {metric!r} field 'step_interval'", "must be positive",
                        "use 1 for every step, 5 for every fifth")
+        raw_values = entry["values"]
+        if isinstance(raw_values, list):
+            values = _listed_values(source, metric, raw_values, start_step, step_interval)
+        elif isinstance(raw_values, dict):
+            values = _keyed_values(source, metric, raw_values)
+        else:
+            raise _bad(source, f"metric {metric!r} field 'values'",
+                       f"expected an object step -> value (or the older list), got {type(raw_values).__name__}",
+                       'write values as {"1": 10.9, "2": 10.8}')
+        golden[metric] = MetricSeries(start_step, end_step, step_interval, values, isinstance(raw_values, list))
     return golden
+
+
+def _keyed_values(source: str, metric: str, raw_values: dict) -> dict[int, Value]:
+    values: dict[int, Value] = {}
+    for step_text, raw in raw_values.items():
+        try:
+            step = int(step_text)
+        except ValueError:
+            raise _bad(source, f"metric {metric!r} values", f"step key {step_text!r} is not an integer",
+                       "key values by iteration number") from None
+        values[step] = _parse_value(source, metric, step_text, raw)
+    return values
+
+
+def _listed_values(source: str, metric: str, raw_values: list, start_step: int, step_interval: int) -> dict[int, Value]:
+    """The older schema: the i-th value belongs to step start_step + i * step_interval."""
+    return {start_step + index * step_interval: _parse_value(source, metric, str(index), raw)
+            for index, raw in enumerate(raw_values)}
 
 
 def read_golden_text(path: Path) -> str:
@@ -149,7 +165,8 @@ def golden_to_data(golden: Golden) -> dict:
             "start_step": series.start_step,
             "end_step": series.end_step,
             "step_interval": series.step_interval,
-            "values": {str(step): value for step, value in series.values.items()},
+            "values": (list(series.values.values()) if series.listed
+                       else {str(step): value for step, value in series.values.items()}),
         }
         for metric, series in golden.items()
     }

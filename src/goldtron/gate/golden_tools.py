@@ -115,7 +115,99 @@ def list_cases(root: Path) -> int:
     return 1 if broken else 0
 
 
+def _run_values(run_dir: Path, environment: str) -> tuple[Path, dict]:
+    """The run-1 values a gate run left in RUN_DIR/actual_values, and their provenance."""
+    from goldtron.gate.provenance import read_sidecar
+
+    folder = run_dir / "actual_values"
+    files = [path for path in sorted(folder.glob(f"golden_values_{environment}_*.json")) if not path.stem.endswith("_2nd")]
+    if not files:
+        raise GateInputError(f"{folder}: no golden_values_{environment}_*.json. Fix: give the --output-dir of a "
+                             "finished `goldtron test` run (it writes actual_values/ there)")
+    if len(files) > 1:
+        raise GateInputError(f"{folder}: several run files ({', '.join(p.name for p in files)}). Fix: keep one")
+    try:
+        record = read_sidecar(files[0])
+    except ValueError:
+        record = None
+    if not isinstance(record, dict):
+        raise GateInputError(f"{files[0]}.provenance: missing or not valid JSON, so where these values come from "
+                             "is unknown. Fix: re-run the case with this goldtron (it writes the sidecar)")
+    return files[0], record
+
+
+def drift_score(result) -> float:
+    """The worst step's distance from the golden as a fraction of the approximate band (1 = its edge)."""
+    actual, reference = result.worst_actual, result.worst_reference
+    if actual is None or reference is None or actual == reference:
+        return 0.0
+    band = result.check.atol + result.check.rtol * abs(reference)
+    return abs(actual - reference) / band if band > 0 and abs(actual - reference) < float("inf") else float("inf")
+
+
+def promote(run_dir: Path, case_dir: Path, environment: str, platform: str | None, force: bool) -> int:
+    """Make a run's actual values a case's golden, refusing drift outside the approximate band.
+
+    Compared with the golden the chain picks for the target platform (a portable one is judged
+    with the cross-platform tolerances, iteration-time in calibrated units); only the approximate
+    checks count: exact changes are what a refresh is for, silent drift beyond the band is not."""
+    from datetime import datetime, timezone
+
+    from goldtron.gate.case import load_case
+    from goldtron.gate.checks import judge
+    from goldtron.gate.golden_choice import choose_golden
+    from goldtron.gate.judging import load_reference, scaled
+    from goldtron.gate.portable import CALIBRATED_METRIC
+    from goldtron.gate.provenance import write_sidecar
+
+    run_file, record = _run_values(run_dir, environment)
+    target_platform = platform or str(record.get("platform"))
+    case = load_case(case_dir).resolved_for(target_platform)
+    target = case.golden_path(environment, target_platform)
+    choice = choose_golden(case, environment, target_platform, forced=False)
+    actual = load_golden(run_file)
+    drift: dict[str, float] = {}
+    refused = []
+    if choice.exists:
+        reference = load_reference(case, choice, recording=False, calibration=record.get("calibration"))
+        judged = actual if reference.time_scale is None else scaled(actual, CALIBRATED_METRIC, reference.time_scale)
+        band_only = {metric: dict(values, exact=False) for metric, values in reference.tolerances.items()}
+        for metric in case.metrics:
+            band_only.setdefault(metric, {"exact": False})
+        verdict = judge(reference.golden, judged, case.metrics, band_only, deterministic=False, source=str(case.config_file))
+        print(f"drift of {run_file} from {choice.path.name} ({choice.reason}):")
+        for result in verdict.results:
+            if result.status == "skip":
+                continue
+            drift[result.metric] = drift_score(result)
+            mark = "ok" if result.status == "pass" else "OUTSIDE THE BAND"
+            print(f"  {result.metric:24s} drift {drift[result.metric]:8.3g} of the band ({result.check.describe()}, "
+                  f"worst step {result.worst_step}): {mark}")
+            if result.status != "pass":
+                refused.append(result.metric)
+    else:
+        print(f"no golden to drift from for {target_platform} ({choice.reason}): nothing to compare")
+    if refused and not force:
+        print(f"refused: {', '.join(refused)} drifted outside the approximate band; {target} is unchanged. "
+              "Fix: find why the run moved, or pass --force to accept it (the sidecar then says so)")
+        return 1
+    record = dict(record, platform=target_platform, promoted_from=str(run_dir.resolve()),
+                  promoted_at=datetime.now(timezone.utc).isoformat(timespec="seconds"),
+                  compared_with=choice.path.name if choice.exists else None, drift=drift,
+                  forced=bool(refused and force))
+    written = [write_golden(target, load_golden(run_file))]
+    second = run_file.with_name(run_file.stem + "_2nd.json")
+    if second.is_file():
+        written.append(write_golden(case.golden_path(environment, target_platform, second_run=True), load_golden(second)))
+    for path in written:
+        write_sidecar(path, record)
+        print(f"wrote {path}" + (" (forced past drift)" if refused else ""))
+    return 0
+
+
 def dispatch(args) -> int:
+    if args.action == "promote":
+        return promote(args.run_dir, args.case, args.environment, args.platform, args.force)
     if args.action == "from-tensorboard":
         return from_tensorboard(args.tensorboard_dir, args.out, args.step_interval, args.train_iters, args.metrics)
     if args.action == "diff":

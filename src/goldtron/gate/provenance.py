@@ -28,17 +28,23 @@ def git_commit(directory: Path) -> str | None:
     return result.stdout.strip() or None if result.returncode == 0 else None
 
 
-def provenance(environment: str, platform: str, command: list[str], case_dir: Path) -> dict:
+def provenance(environment: str, platform: str, command: list[str], case_dir: Path,
+               calibration: dict | None = None) -> dict:
+    """Where a run happened. `platform` names the file (a family, e.g. `cpu`, for a portable golden);
+    `recorded_on_platform` is the machine's own; `calibration` is the gate's timing of its
+    calibration workload there (what iteration-time is judged in on other machines)."""
     import torch
 
     from goldtron import __version__
-    from goldtron.gate.platform import device_description
+    from goldtron.gate.platform import detect_platform, device_description
 
     return {
         "recorded_at": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "environment": environment,
         "platform": platform,
+        "recorded_on_platform": detect_platform(),
         "device": device_description(),
+        "calibration": calibration,
         "torch": torch.__version__,
         "python": sys.version.split()[0],
         "goldtron": __version__,
