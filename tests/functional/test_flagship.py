@@ -123,24 +123,28 @@ def mutant_case(flagship: Path, tmp: Path, mutant: str) -> Path:
     return case
 
 
-@pytest.mark.parametrize("mutants, expected", [
-    # Run 1 itself trains differently. The warmup starts at LR 0, so step 1's update changes
-    # nothing; step 2's update is the first wrong one, and step 3's loss shows it.
-    ("drain-one-short", [("lm loss", "run 1 vs golden", 3)]),
-    # Two independent bugs in one run (each flagship-size run costs minutes): the RNG not restored
-    # makes run 2 leave run 1 at its first step (same machine: exact); every step taking twice as
-    # long makes run 1's iteration-time (median of steps 30-45, reported at 30) fail in
-    # calibrated units. Neither bug touches the other's comparison.
-    ("skip-rng-restore,twice-as-slow", [("lm loss", "run 2 vs run 1", 21), ("iteration-time", "run 1 vs golden", 30)]),
-])
-def test_a_broken_trainer_fails_the_portable_golden_naming_metric_and_step(mutants, expected, tmp_path):
+# Three independent bugs in one run (each flagship-size run costs minutes), each caught in a
+# comparison the others do not touch:
+# - deferred wgrads drained one micro-batch short: run 1 trains differently. The warmup starts at
+#   LR 0, so step 1's update changes nothing; step 2's update is the first wrong one, and step 3's
+#   loss shows it (lm loss, run 1 vs golden, step 3);
+# - RNG not restored on resume: run 2 resumes with the wrong dropout masks and leaves run 1 at its
+#   first step (lm loss, run 2 vs run 1, exact on the same machine, step 21); both runs carry the
+#   drain bug alike, so it cannot make them differ;
+# - every step twice as long: run 1's iteration-time (median of steps 30-45, reported at 30)
+#   fails in calibrated units; time changes no value.
+MUTANTS = "drain-one-short,skip-rng-restore,twice-as-slow"
+EXPECTED = [("lm loss", "run 1 vs golden", 3), ("lm loss", "run 2 vs run 1", 21), ("iteration-time", "run 1 vs golden", 30)]
+
+
+def test_broken_trainers_fail_the_portable_golden_naming_metric_and_step(tmp_path):
     out = tmp_path / "out"
-    result = run_case(mutant_case(FLAGSHIP, tmp_path, mutants), out, "--platform", "cpu")
+    result = run_case(mutant_case(FLAGSHIP, tmp_path, MUTANTS), out, "--platform", "cpu")
     assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-3000:]
     assert "golden: golden_values_dev_cpu.json: forced by --platform cpu" in result.stdout
     failures = failed_rows(out / "summary.md")
-    for metric, comparison, first_step in expected:
+    for metric, comparison, first_step in EXPECTED:
         rows = [row for row in failures if row["metric"] == metric and row["comparison"] == comparison]
         assert rows, failures
         assert rows[0]["first divergence"] == str(first_step), rows
-    assert {row["metric"] for row in failures} == {metric for metric, _, _ in expected}, failures
+    assert {row["metric"] for row in failures} == {metric for metric, _, _ in EXPECTED}, failures

@@ -45,12 +45,6 @@ def time_workload(repeats: int = REPEATS) -> float:
     return min(times[1:])
 
 
-def combine(first: dict | None, second: dict | None) -> dict | None:
-    """Two timings of the same workload (before and after a case's phases): the faster one."""
-    timings = [timing for timing in (first, second) if timing is not None]
-    return min(timings, key=lambda timing: timing["seconds"]) if timings else None
-
-
 def measure(python: str = sys.executable) -> dict:
     """Time the workload in a fresh process (the caller need not import torch)."""
     result = subprocess.run([python, "-m", "goldtron.gate.calibration"], capture_output=True, text=True,

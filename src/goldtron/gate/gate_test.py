@@ -16,7 +16,6 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goldtron.gate.calibration import combine
 from goldtron.gate.case import golden_file_name, load_case
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.golden import Golden, write_golden
@@ -110,9 +109,9 @@ def run_test(request: TestRequest) -> int:
     judging = launch.is_last_node
     choice = choose_golden(case, request.environment, platform, forced=request.platform is not None)
     report = CaseReport(case=case.name)
-    calibration = _calibrate(case) if judging else None
+    calibration = None  # timed after the first repeat's phases, on the machine they ran on
     try:
-        reference = load_reference(case, choice, request.record, calibration) if judging else None
+        reference = load_reference(case, choice, request.record) if judging else None
     except GateInputError as error:
         if choice.exists or "no golden file" not in str(error):
             raise
@@ -138,8 +137,8 @@ def run_test(request: TestRequest) -> int:
     for index in range(1, n_repeat + 1):
         repeat = run_repeat(case, options, index)
         training_s += repeat.training_wall_s
-        if judging and index == 1 and calibration is not None:
-            calibration = combine(calibration, _calibrate(case))  # timed again after the phases
+        if judging and index == 1:
+            calibration = _calibrate(case)
             reference.use_calibration(calibration)
         config_error = config_error or any(phase.config_error for phase in repeat.phases)
         if not judging:

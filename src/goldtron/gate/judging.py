@@ -153,8 +153,9 @@ def load_reference(case: Case, choice: GoldenChoice, recording: bool, calibratio
                                  f"`goldtron test {case.path} --record --platform {choice.family}`, or drop the "
                                  "metric from METRICS")
         if CALIBRATED_METRIC in case.metrics:
-            reference.golden_calibration = recorded_calibration(golden_path)
-            reference.use_calibration(calibration)
+            reference.golden_calibration = recorded_calibration(golden_path)  # checked before any training
+            if calibration is not None:
+                reference.use_calibration(calibration)
     return reference
 
 
