@@ -179,9 +179,12 @@ def golden_text(golden: Golden, layout: Layout = "indented") -> str:
 
 
 def write_golden(path: Path, golden: Golden, layout: Layout = "indented") -> Path:
+    # All or nothing (temporary file, os.replace): an interrupt never leaves half a golden.
+    from goldtron.checkpoint.layout import write_file_durably
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(golden_text(golden, layout))
+    write_file_durably(str(path), golden_text(golden, layout))
     return path
 
 

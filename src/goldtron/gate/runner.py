@@ -18,6 +18,7 @@ from pathlib import Path
 
 from goldtron.gate.case import SUPPORTED_TEST_TYPES, Case, model_args_to_argv
 from goldtron.gate.errors import GateInputError
+from goldtron.gate.interrupts import GateInterrupted
 from goldtron.gate.launcher import LaunchOptions, PhaseOutcome, run_phase, torchrun_argv, trainer_target
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -142,8 +143,13 @@ def _launch(case: Case, options: RunOptions, repeat: RepeatRun, phase: str, slot
     argv = torchrun_argv(trainer_target(case.trainer, case.path), trainer_args, options.launch, slot, rank_logs)
     repeat.tensorboard[phase] = tensorboard
     label = f"{case.name} repeat {repeat.index} {phase}" if repeat.index > 1 or options.repeats > 1 else f"{case.name} {phase}"
-    outcome = run_phase(label, argv, phase_environment(case), case.phase_timeout_s,
-                        phase_dir / f"torchrun{suffix}.log", rank_logs, options.progress)
+    try:
+        outcome = run_phase(label, argv, phase_environment(case), case.phase_timeout_s,
+                            phase_dir / f"torchrun{suffix}.log", rank_logs, options.progress)
+    except GateInterrupted as interrupted:  # run_phase killed the tree; say where for run_test
+        interrupted.case, interrupted.output_dir = case.name, options.output_dir
+        interrupted.phase = label[len(case.name):].strip()
+        raise
     repeat.phases.append(outcome)
     return outcome
 
