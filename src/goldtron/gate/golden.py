@@ -141,6 +141,8 @@ def read_golden_text(path: Path) -> str:
     except FileNotFoundError:
         raise GateInputError(f"{path}: golden file not found. Fix: check the path, or record one "
                              "with `goldtron test CASE --record`") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise GateInputError(f"{path}: unreadable ({error}). Fix: repair the file or re-record it") from None
 
 
 def load_golden(path: Path) -> Golden:

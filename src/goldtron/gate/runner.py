@@ -67,6 +67,9 @@ def check_layout_fits(case: Case, launch: LaunchOptions, gpus_per_node: int) -> 
     """Refuse a launch whose ranks cannot form the case's layout, before any phase starts: every
     rank would only fail with the same error, and on a GPU node the cause is the GPU count."""
     sizes = [(name, case.int_arg(flag, 1)) for flag, name in LAYOUT_FLAGS]
+    for (name, size), (flag, _) in zip(sizes, LAYOUT_FLAGS):
+        if size < 1:
+            raise GateInputError(f"{case.config_file}: MODEL_ARGS.{flag} = {size}: a parallel size is at least 1")
     model_parallel = 1
     for _, size in sizes:
         model_parallel *= size
@@ -88,7 +91,7 @@ def resume_step(case: Case) -> int:
     """Megatron's resume point: half of --train-iters, which --save-interval must hit."""
     step = case.train_iters // 2
     interval = case.model_args.get("--save-interval")
-    if not isinstance(interval, int) or isinstance(interval, bool) or step % interval:
+    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1 or step % interval:
         raise GateInputError(f"{case.config_file}: ckpt-resume resumes at iteration {step} (N/2), but "
                              f"MODEL_ARGS.--save-interval = {interval!r} does not save there. "
                              f"Fix: set --save-interval to {step} (or a divisor of it)")
