@@ -11,6 +11,7 @@ Fault injection for the gate's error tests:
   --fake-hang-at-iteration K    every rank sleeps forever at step K
   --fake-config-error           exit 2 with a message on stderr, like a rejected flag
   --fake-step-seconds S         busy time per step (the overhead benchmark's "training")
+  --fake-sleep-seconds S        idle time per step (a long phase that leaves the cores free)
 """
 
 from __future__ import annotations
@@ -41,6 +42,7 @@ def parse_args(argv: list[str]) -> argparse.Namespace:
     parser.add_argument("--fake-hang-at-iteration", type=int)
     parser.add_argument("--fake-config-error", action="store_true")
     parser.add_argument("--fake-step-seconds", type=float, default=0.0)
+    parser.add_argument("--fake-sleep-seconds", type=float, default=0.0)
     # Every other Megatron flag (--num-layers 12, --bf16, ...) is accepted and ignored.
     args, _ = parser.parse_known_args(argv)
     return args
@@ -102,6 +104,7 @@ def main(argv: list[str]) -> int:
             time.sleep(3600)
         while time.perf_counter() - began < args.fake_step_seconds:
             pass
+        time.sleep(args.fake_sleep_seconds)
         # The "loss": decays with lr, plus rank-specific noise averaged over ranks (a real all-reduce).
         noise = torch.tensor([rng.standard_normal() * 0.02, float(rng.randint(0, 50))], dtype=torch.float64)
         dist.all_reduce(noise)

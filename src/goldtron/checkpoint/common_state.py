@@ -85,3 +85,61 @@ def restore_schedule(saved: dict, lr_schedule, args, checkpoint_path: str) -> No
                     f"{flag} gives {current[key]!r}. Add --use-checkpoint-opt_param-scheduler to keep the "
                     "checkpoint's schedule, or --override-opt_param-scheduler to take the flags'.")
     lr_schedule.load_state_dict(saved, use_checkpoint_values=args.use_checkpoint_opt_param_scheduler)
+
+
+def _is_int(value) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool)
+
+
+def _is_number(value) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool)
+
+
+_SCHEDULE_FIELDS = {"max_lr": _is_number, "min_lr": _is_number, "lr_warmup_steps": _is_number,
+                    "lr_decay_steps": _is_number, "lr_decay_style": lambda v: isinstance(v, str),
+                    "num_steps": _is_number}
+_LAYOUT_SIZES = ("tensor_model_parallel_size", "pipeline_model_parallel_size", "data_parallel_size", "world_size")
+
+
+def check_common_state(common: object, path: str) -> None:
+    """Every field goldtron reads from common.json has the type it wrote, so a damaged or foreign
+    file is one CheckpointError naming the file and field, never a KeyError or TypeError later."""
+    def bad(field: str, expected: str, value) -> CheckpointError:
+        return CheckpointError(f"{path}: field {field!r} should be {expected}, got {value!r}; the checkpoint "
+                               "is damaged or was not written by goldtron. Restore the file or resume from "
+                               "another checkpoint (edit the tracker).")
+
+    if not isinstance(common, dict):
+        raise bad("(top level)", "an object", type(common).__name__)
+    for field in ("iteration", "consumed_samples"):
+        if not _is_int(common.get(field)) or common[field] < 0:
+            raise bad(field, "a whole number >= 0", common.get(field))
+    schedule = common.get("opt_param_scheduler")
+    if not isinstance(schedule, dict):
+        raise bad("opt_param_scheduler", "an object", schedule)
+    for field, valid in _SCHEDULE_FIELDS.items():
+        if not valid(schedule.get(field)):
+            raise bad(f"opt_param_scheduler.{field}", "a number" if field != "lr_decay_style" else "text",
+                      schedule.get(field))
+    layout = common.get("layout")
+    if not isinstance(layout, dict):
+        raise bad("layout", "an object", layout)
+    for field in _LAYOUT_SIZES:
+        if not _is_int(layout.get(field)) or layout[field] < 1:
+            raise bad(f"layout.{field}", "a whole number >= 1", layout.get(field))
+    stages = layout.get("pipeline_stage_layers")
+    if stages is not None and not (isinstance(stages, list) and all(_is_int(n) and n >= 0 for n in stages)):
+        raise bad("layout.pipeline_stage_layers", "a list of layer counts", stages)
+    contents = common.get("contents")
+    if not isinstance(contents, dict) or not all(isinstance(contents.get(k, False), bool)
+                                                 for k in ("model", "optimizer", "rng")):
+        raise bad("contents", 'an object like {"model": true, "optimizer": true, "rng": true}', contents)
+    args = common.get("args")
+    if args is not None and not isinstance(args, dict):
+        raise bad("args", "an object (the run's arguments)", args)
+    if isinstance(args, dict) and args.get("num_layers") is not None and not _is_int(args["num_layers"]):
+        raise bad("args.num_layers", "a whole number", args["num_layers"])
+    for field, valid, expected in (("real_vocab_size", _is_int, "a whole number"),
+                                   ("goldtron_version", lambda v: isinstance(v, str), "text")):
+        if common.get(field) is not None and not valid(common[field]):
+            raise bad(field, expected, common[field])

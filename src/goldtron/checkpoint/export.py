@@ -12,12 +12,14 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 
-from goldtron.checkpoint.errors import CheckpointError
+from goldtron.checkpoint.errors import CheckpointError, dcp_read_error
 from goldtron.checkpoint.global_shard import GlobalShardLoadPlanner
 from goldtron.checkpoint.layout import METADATA_NAME, TRACKER_NAME
 from goldtron.checkpoint.model_state import ADAM_MOMENTS, OPTIMIZER_PREFIX, RNG_PREFIX, is_model_key
+from goldtron.checkpoint.safe_objects import SafeFileSystemReader
 from goldtron.checkpoint.validation import FoundCheckpoint, find_checkpoint, validate_checkpoint_dir
 
 
@@ -64,8 +66,11 @@ def read_full_tensors(found: FoundCheckpoint, wanted: Callable[[str], bool] = la
     with warnings.catch_warnings():
         # DCP warns that it assumes one process when no process group exists: that is the intent.
         warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-        dcp.load(targets, storage_reader=dcp.FileSystemReader(found.path), planner=GlobalShardLoadPlanner(),
-                 no_dist=True)
+        try:
+            dcp.load(targets, storage_reader=SafeFileSystemReader(found.path),
+                     planner=GlobalShardLoadPlanner(found.path), no_dist=True)
+        except (Exception, CheckpointException) as error:  # DCP wraps what failed in its own exception
+            raise dcp_read_error(error, found.path) from error
     return targets
 
 

@@ -126,10 +126,12 @@ class GlobalShardSavePlanner(DefaultSavePlanner):
 
 
 class GlobalShardLoadPlanner(DefaultLoadPlanner):
-    """DCP's default load planner that also fills `GlobalShard` values in place."""
+    """DCP's default load planner that also fills `GlobalShard` values in place, and reads
+    non-tensor values as data only (`source` names the checkpoint in errors)."""
 
-    def __init__(self):
+    def __init__(self, source: str = "the checkpoint"):
         super().__init__(flatten_state_dict=False, flatten_sharded_tensors=False)
+        self.source = source
 
     def set_up_planner(self, state_dict, metadata=None, is_coordinator: bool = False) -> None:
         # The default first materialises meta tensors by rewriting the state dict in place,
@@ -143,3 +145,11 @@ class GlobalShardLoadPlanner(DefaultLoadPlanner):
     def lookup_tensor(self, index: MetadataIndex) -> torch.Tensor:
         local = _local_of(self.state_dict[index.fqn], index)
         return local if local is not None else super().lookup_tensor(index)
+
+    def load_bytes(self, read_item, value) -> None:
+        # DCP's default unpickles with torch.load(weights_only=False): code in the file would run.
+        from goldtron.checkpoint.safe_objects import load_object
+
+        info = self.metadata.storage_data.get(read_item.storage_index) if self.metadata is not None else None
+        file = f"{self.source}/{info.relative_path}" if info is not None else self.source
+        self.state_dict[read_item.dest_index.fqn] = load_object(value, f"{file} (item {read_item.storage_index.fqn})")

@@ -10,14 +10,15 @@ import json
 import os
 from dataclasses import dataclass
 
-from torch.distributed.checkpoint import FileSystemReader
-from torch.distributed.checkpoint.metadata import Metadata
+from torch.distributed.checkpoint.metadata import BytesStorageMetadata, Metadata
 
+from goldtron.checkpoint.common_state import check_common_state
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.layout import (
     BACKEND_METADATA, COMMON_NAME, DCP_METADATA_NAME, IN_PROGRESS_SUFFIX, METADATA_NAME, RELEASE, TRACKER_NAME,
     iteration_dir, tracker_path,
 )
+from goldtron.checkpoint.safe_objects import load_object, read_dcp_metadata
 
 
 @dataclass
@@ -37,7 +38,7 @@ def read_tracker(root: str) -> int | str:
     path = tracker_path(root)
     try:
         text = open(path).read().strip()
-    except OSError as error:
+    except (OSError, UnicodeDecodeError) as error:
         raise CheckpointError(f"cannot read checkpoint tracker {path}: {error}") from error
     if text == RELEASE:
         return RELEASE
@@ -85,23 +86,28 @@ def validate_checkpoint_dir(path: str) -> tuple[dict, Metadata]:
     except FileNotFoundError:
         raise CheckpointError(f"{marker} is missing: {path} is not a complete torch_dist checkpoint "
                               "(metadata.json is written last, so the save that made it did not finish)") from None
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise CheckpointError(f"{marker} is unreadable ({error}); the checkpoint in {path} is damaged") from error
+    if not isinstance(backend, dict):
+        raise CheckpointError(f"{marker} holds a {type(backend).__name__}, not an object like "
+                              f"{json.dumps(BACKEND_METADATA)}; the checkpoint in {path} is damaged")
     if backend.get("sharded_backend") != BACKEND_METADATA["sharded_backend"]:
         raise CheckpointError(f"{marker} says sharded_backend={backend.get('sharded_backend')!r}; goldtron reads "
                               "only torch_dist checkpoints (--ckpt-format torch_dist)")
     common_path = os.path.join(path, COMMON_NAME)
     try:
         common = json.load(open(common_path))
-    except (OSError, ValueError) as error:
+    except (OSError, ValueError, RecursionError) as error:
         raise CheckpointError(f"{common_path} is missing or unreadable ({error}); the checkpoint in {path} "
                               "was not written by goldtron or is damaged") from error
+    check_common_state(common, common_path)
     try:
-        metadata = FileSystemReader(path).read_metadata()
-    except Exception as error:  # DCP raises several types for a missing or damaged .metadata
+        metadata = read_dcp_metadata(path)
+    except OSError as error:
         raise CheckpointError(f"{os.path.join(path, DCP_METADATA_NAME)} is missing or unreadable "
                               f"({type(error).__name__}: {error}); the checkpoint in {path} is damaged") from error
     _check_shard_files(path, metadata)
+    _check_objects(path, metadata)
     return common, metadata
 
 
@@ -120,6 +126,23 @@ def _check_shard_files(path: str, metadata: Metadata) -> None:
         if size < length:
             raise CheckpointError(f"checkpoint shard {file} is truncated: {size} bytes, its items need {length}. "
                                   "Restore the file or resume from an earlier checkpoint (edit the tracker).")
+
+
+def _check_objects(path: str, metadata: Metadata) -> None:
+    """Every non-tensor value (the RNG states) reads as plain data, before any rank loads one: a
+    crafted value is refused here on every rank alike, with the file named, and never executed."""
+    wanted = {key for key, entry in metadata.state_dict_metadata.items() if isinstance(entry, BytesStorageMetadata)}
+    for index, info in metadata.storage_data.items():
+        if index.fqn not in wanted:
+            continue
+        file = os.path.join(path, info.relative_path)
+        transforms = getattr(info, "transform_descriptors", None)
+        if transforms:
+            raise CheckpointError(f"{file}: item {index.fqn} is stored through {transforms}; "
+                                  "goldtron writes no stream transforms and reads none")
+        with open(file, "rb") as handle:
+            handle.seek(info.offset)
+            load_object(handle.read(info.length), f"{file} (item {index.fqn})")
 
 
 # Flags that change which tensors a layer has or what they compute, with the values a checkpoint

@@ -20,6 +20,7 @@ A MODEL_ARGS value of `null` (in an override) removes the flag; `false` leaves i
 
 from __future__ import annotations
 
+import math
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -102,8 +103,8 @@ class Case:
         if not matches:
             return self
         override = self.platforms[max(matches, key=len)]
-        model_args = _merge(self.model_args, override.get("MODEL_ARGS", {}))
-        env_vars = {key: value for key, value in _merge(self.env_vars, override.get("ENV_VARS", {})).items()}
+        model_args = _merge(self.model_args, override.get("MODEL_ARGS") or {})  # an empty key reads as null
+        env_vars = {key: value for key, value in _merge(self.env_vars, override.get("ENV_VARS") or {}).items()}
         return Case(
             path=self.path, test_type=self.test_type, model_args=model_args,
             env_vars={key: _env_text(value) for key, value in env_vars.items()},
@@ -129,9 +130,9 @@ def golden_file_name(environment: str, platform: str, second_run: bool = False) 
 
 def _merge_tolerances(base: dict, override: dict, key: str = "TOLERANCES") -> dict:
     """Per metric, the platform's TOLERANCES keys replace the case's (a CPU's timing is noisier)."""
-    merged = {metric: dict(values) for metric, values in base.items()}
+    merged = {metric: dict(values or {}) for metric, values in base.items()}  # null: Megatron's defaults
     for metric, values in (override.get(key) or {}).items():
-        merged[metric] = dict(merged.get(metric, {}), **values)
+        merged[metric] = dict(merged.get(metric, {}), **(values or {}))
     return merged
 
 
@@ -196,21 +197,26 @@ def _check_scalars(mapping: dict, where: str, source: Path, flags: bool) -> None
             raise GateInputError(f"{source}: {where}: key {key!r} is not text. Fix: quote it")
         if flags and not key.startswith("-"):
             raise GateInputError(f"{source}: {where}.{key}: flags must start with '--'. Fix: write '--{key}'")
+        if not flags and (not key or "=" in key):
+            raise GateInputError(f"{source}: {where}: {key!r} is not a variable name. Fix: a name without '='")
         if isinstance(value, (dict, list)):
             raise GateInputError(f"{source}: {where}.{key}: expected a single value, got a "
                                  f"{type(value).__name__}. Fix: write the flag's value as text")
+        # An argv or environment entry cannot hold NUL: starting the phase would fail later.
+        if "\0" in key or "\0" in str(value):
+            raise GateInputError(f"{source}: {where}.{key!r}: contains a NUL character. Fix: remove it")
 
 
 def _positive_number(value: object, where: str, source: Path, integer: bool) -> float | int:
     kinds = (int,) if integer else (int, float)
-    if isinstance(value, bool) or not isinstance(value, kinds) or value <= 0:
+    if isinstance(value, bool) or not isinstance(value, kinds) or not value > 0 or value == math.inf:
         raise GateInputError(f"{source}: {where} = {value!r}: expected a positive "
                              f"{'whole number' if integer else 'number'}")
     return value
 
 
 def _trainer(value: object, where: str, source: Path) -> tuple[str, ...]:
-    if not isinstance(value, list) or not value or not all(isinstance(part, str) for part in value):
+    if not isinstance(value, list) or not value or not all(isinstance(part, str) and "\0" not in part for part in value):
         raise GateInputError(f"{source}: {where}: expected a list of strings (an argv prefix), e.g. "
                              "[python, -m, goldtron, train] or [python, /path/to/pretrain_gpt.py]")
     return tuple(value)
@@ -221,6 +227,8 @@ def _read_yaml(config: Path) -> dict:
         text = config.read_text()
     except FileNotFoundError:
         raise GateInputError(f"{config}: not found. Fix: a case folder holds a {CONFIG_NAME}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise GateInputError(f"{config}: unreadable ({error}). Fix: save it as UTF-8 text") from None
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as error:
@@ -237,8 +245,10 @@ def _parse_platforms(raw: object, source: Path) -> dict[str, dict]:
     platforms = _require_mapping(raw, "GOLDTRON.PLATFORMS", source)
     for name, override in platforms.items():
         where = f"GOLDTRON.PLATFORMS.{name}"
+        if not isinstance(name, str) or not name:
+            raise GateInputError(f"{source}: {where}: a platform key is a name or its start, e.g. cpu or dgx_h100")
         override = _require_mapping(override, where, source)
-        unknown = sorted(set(override) - set(PLATFORM_KEYS))
+        unknown = sorted(map(str, set(override) - set(PLATFORM_KEYS)))  # keys may be numbers
         if unknown:
             raise GateInputError(f"{source}: {where}: unknown key(s) {', '.join(unknown)}. "
                                  f"Fix: use {', '.join(PLATFORM_KEYS)}")
@@ -288,7 +298,7 @@ def load_case(case_dir: Path) -> Case:
     n_repeat = _positive_number(data.get("N_REPEAT", 1), "N_REPEAT", config, integer=True)
 
     extensions = _require_mapping(data.get("GOLDTRON"), "GOLDTRON", config)
-    unknown = sorted(set(extensions) - set(GOLDTRON_KEYS))
+    unknown = sorted(map(str, set(extensions) - set(GOLDTRON_KEYS)))
     if unknown:
         raise GateInputError(f"{config}: GOLDTRON: unknown key(s) {', '.join(unknown)}. "
                              f"Fix: use {', '.join(GOLDTRON_KEYS)} (see docs/gate.md)")
@@ -323,7 +333,7 @@ def load_case(case_dir: Path) -> Case:
         bands_stats=None if not bands else case_dir / str(bands["STATS"]),
         bands_sigmas=float(_positive_number(bands.get("SIGMAS", 3.0), "GOLDTRON.BANDS.SIGMAS", config, False)) if bands else 3.0,
         platforms=_parse_platforms(extensions.get("PLATFORMS"), config),
-        ignored_keys=tuple(sorted(set(data) - set(MEGATRON_KEYS) - {"GOLDTRON"})),
+        ignored_keys=tuple(sorted(map(str, set(data) - set(MEGATRON_KEYS) - {"GOLDTRON"}))),
     )
 
 

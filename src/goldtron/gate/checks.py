@@ -78,7 +78,7 @@ def checks_for(metric: str, overrides: dict[str, dict] | None = None, source: st
     approx = next((check for check in base if check.kind == "approximate"), Check("approximate", rtol=0.05))
     for key in ("approx_rtol", "approx_atol"):
         value = override.get(key)
-        if value is not None and (isinstance(value, bool) or not isinstance(value, (int, float)) or value < 0):
+        if key in override and (isinstance(value, bool) or not isinstance(value, (int, float)) or not value >= 0):
             raise GateInputError(f"{source}: TOLERANCES[{metric!r}].{key} = {value!r}: expected a "
                                  "non-negative number. Fix: e.g. 0.05")
     approx = replace(approx, rtol=float(override.get("approx_rtol", approx.rtol)),

@@ -20,6 +20,7 @@ from goldtron.gate.case import golden_file_name, load_case
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.golden import Golden, write_golden
 from goldtron.gate.golden_choice import choose_golden
+from goldtron.gate.interrupts import GateInterrupted, report_interrupt, stop_on_signals
 from goldtron.gate.judging import judge_repeat, load_reference, recorded_golden, second_run_golden
 from goldtron.gate.launcher import LaunchOptions
 from goldtron.gate.platform import DEFAULT_ENVIRONMENT, detect_platform, gpu_count
@@ -95,7 +96,7 @@ def _warm_imports(plot: bool) -> None:
         import matplotlib.figure  # noqa: F401
 
 
-def run_test(request: TestRequest) -> int:
+def _run_test(request: TestRequest) -> int:
     started = time.monotonic()
     platform = request.platform or detect_platform()
     case = load_case(request.case_dir).resolved_for(platform)
@@ -182,3 +183,15 @@ def run_test(request: TestRequest) -> int:
     if config_error:
         return EXIT_BAD_INPUT
     return EXIT_PASS if report.passed else EXIT_FAIL
+
+
+def run_test(request: TestRequest) -> int:
+    """`goldtron test`. SIGINT/SIGTERM/SIGHUP stop the running phase's process tree (run_phase) and
+    end the run with exit code 128 + the signal; goldens are written only after judging, and
+    atomically, so an interrupt leaves none behind, not even half of one."""
+    with stop_on_signals():
+        try:
+            return _run_test(request)
+        except GateInterrupted as interrupted:
+            interrupted.case = interrupted.case or Path(request.case_dir).name
+            return report_interrupt(interrupted, request.output_dir)

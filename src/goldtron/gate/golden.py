@@ -141,6 +141,8 @@ def read_golden_text(path: Path) -> str:
     except FileNotFoundError:
         raise GateInputError(f"{path}: golden file not found. Fix: check the path, or record one "
                              "with `goldtron test CASE --record`") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise GateInputError(f"{path}: unreadable ({error}). Fix: repair the file or re-record it") from None
 
 
 def load_golden(path: Path) -> Golden:
@@ -179,9 +181,12 @@ def golden_text(golden: Golden, layout: Layout = "indented") -> str:
 
 
 def write_golden(path: Path, golden: Golden, layout: Layout = "indented") -> Path:
+    # All or nothing (temporary file, os.replace): an interrupt never leaves half a golden.
+    from goldtron.checkpoint.layout import write_file_durably
+
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(golden_text(golden, layout))
+    write_file_durably(str(path), golden_text(golden, layout))
     return path
 
 

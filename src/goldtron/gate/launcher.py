@@ -3,7 +3,8 @@
 Nothing goes through a shell: the trainer's argv is a list, so a value in a case's yaml is
 only ever an argument, never executed. Each rank's stdout/stderr is kept by torchrun under
 `<phase>/ranks/`; the merged console stream goes to `<phase>/torchrun.log` and feeds the
-progress display. On a timeout the whole process tree (torchrun and its ranks) is killed.
+progress display. On a timeout, or when a stop signal reaches the gate (GateInterrupted, see
+interrupts.py), the whole process tree (torchrun and its ranks) is killed.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from goldtron.gate.errors import GateInputError
+from goldtron.gate.interrupts import GateInterrupted
 from goldtron.gate.progress import parse_progress
 
 PYTHON_NAMES = ("python", "python3")
@@ -149,8 +151,11 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _kill_tree(process: subprocess.Popen) -> None:
-    victims = _descendants(process.pid)
+    """SIGTERM torchrun and every descendant, then SIGKILL what is left: bounded by 2 x KILL_GRACE_S."""
+    victims: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
+        # Walk again before each round: a rank torchrun was still starting is a descendant now.
+        victims = sorted(set(victims) | set(_descendants(process.pid)))
         for pid in [process.pid, *victims]:
             try:
                 os.kill(pid, sig)
@@ -201,12 +206,21 @@ def run_phase(name: str, argv: list[str], env: dict[str, str], timeout_s: float,
                     outcome.last_iteration = parsed.iteration
 
         reader = threading.Thread(target=pump, daemon=True)
-        reader.start()
         try:
-            process.wait(timeout=timeout_s)
-        except subprocess.TimeoutExpired:
-            outcome.timed_out = True
+            reader.start()
+            try:
+                process.wait(timeout=timeout_s)
+            except subprocess.TimeoutExpired:
+                outcome.timed_out = True
+                _kill_tree(process)
+        except GateInterrupted as interrupted:
+            # Also when the signal lands inside the timeout's kill: kill again, it is idempotent.
             _kill_tree(process)
+            if reader.is_alive():
+                reader.join(timeout=KILL_GRACE_S)
+            progress.finish(f"INTERRUPTED ({interrupted.signal_name})")
+            interrupted.phase, interrupted.last_iteration = name, outcome.last_iteration
+            raise
         reader.join(timeout=KILL_GRACE_S)
     outcome.returncode = process.returncode
     outcome.wall_s = time.monotonic() - started

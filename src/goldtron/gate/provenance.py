@@ -55,8 +55,10 @@ def provenance(environment: str, platform: str, command: list[str], case_dir: Pa
 
 
 def write_sidecar(golden_path: Path, record: dict) -> Path:
+    from goldtron.checkpoint.layout import write_file_durably
+
     path = sidecar_path(golden_path)
-    path.write_text(json.dumps(record, indent=2) + "\n")
+    write_file_durably(str(path), json.dumps(record, indent=2) + "\n")  # all or nothing, as the golden
     return path
 
 

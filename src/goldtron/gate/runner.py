@@ -18,6 +18,7 @@ from pathlib import Path
 
 from goldtron.gate.case import SUPPORTED_TEST_TYPES, Case, model_args_to_argv
 from goldtron.gate.errors import GateInputError
+from goldtron.gate.interrupts import GateInterrupted
 from goldtron.gate.launcher import LaunchOptions, PhaseOutcome, run_phase, torchrun_argv, trainer_target
 
 TRACKER = "latest_checkpointed_iteration.txt"
@@ -66,6 +67,9 @@ def check_layout_fits(case: Case, launch: LaunchOptions, gpus_per_node: int) -> 
     """Refuse a launch whose ranks cannot form the case's layout, before any phase starts: every
     rank would only fail with the same error, and on a GPU node the cause is the GPU count."""
     sizes = [(name, case.int_arg(flag, 1)) for flag, name in LAYOUT_FLAGS]
+    for (name, size), (flag, _) in zip(sizes, LAYOUT_FLAGS):
+        if size < 1:
+            raise GateInputError(f"{case.config_file}: MODEL_ARGS.{flag} = {size}: a parallel size is at least 1")
     model_parallel = 1
     for _, size in sizes:
         model_parallel *= size
@@ -87,7 +91,7 @@ def resume_step(case: Case) -> int:
     """Megatron's resume point: half of --train-iters, which --save-interval must hit."""
     step = case.train_iters // 2
     interval = case.model_args.get("--save-interval")
-    if not isinstance(interval, int) or isinstance(interval, bool) or step % interval:
+    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1 or step % interval:
         raise GateInputError(f"{case.config_file}: ckpt-resume resumes at iteration {step} (N/2), but "
                              f"MODEL_ARGS.--save-interval = {interval!r} does not save there. "
                              f"Fix: set --save-interval to {step} (or a divisor of it)")
@@ -142,8 +146,13 @@ def _launch(case: Case, options: RunOptions, repeat: RepeatRun, phase: str, slot
     argv = torchrun_argv(trainer_target(case.trainer, case.path), trainer_args, options.launch, slot, rank_logs)
     repeat.tensorboard[phase] = tensorboard
     label = f"{case.name} repeat {repeat.index} {phase}" if repeat.index > 1 or options.repeats > 1 else f"{case.name} {phase}"
-    outcome = run_phase(label, argv, phase_environment(case), case.phase_timeout_s,
-                        phase_dir / f"torchrun{suffix}.log", rank_logs, options.progress)
+    try:
+        outcome = run_phase(label, argv, phase_environment(case), case.phase_timeout_s,
+                            phase_dir / f"torchrun{suffix}.log", rank_logs, options.progress)
+    except GateInterrupted as interrupted:  # run_phase killed the tree; say where for run_test
+        interrupted.case, interrupted.output_dir = case.name, options.output_dir
+        interrupted.phase = label[len(case.name):].strip()
+        raise
     repeat.phases.append(outcome)
     return outcome
 

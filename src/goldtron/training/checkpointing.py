@@ -21,13 +21,14 @@ import time
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
+from torch.distributed.checkpoint.api import CheckpointException
 
 from goldtron.checkpoint import rng_state
 from goldtron.checkpoint.background import BackgroundWrite
 from goldtron.checkpoint.common_state import (
     build_common_state, describe_layout_record, layout_record, restore_schedule, same_layout,
 )
-from goldtron.checkpoint.errors import CheckpointError
+from goldtron.checkpoint.errors import CheckpointError, dcp_read_error
 from goldtron.checkpoint.global_shard import GlobalShardLoadPlanner
 from goldtron.checkpoint.key_check import check_keys, gather_wanted_keys
 from goldtron.checkpoint.layout import RELEASE
@@ -35,6 +36,7 @@ from goldtron.checkpoint.model_state import (
     OPTIMIZER_PREFIX, has_optimizer_state, is_model_key, load_targets, model_and_optimizer_state,
     parameter_placements,
 )
+from goldtron.checkpoint.safe_objects import SafeFileSystemReader
 from goldtron.checkpoint.validation import FoundCheckpoint, check_architecture, find_checkpoint
 from goldtron.checkpoint.writer import prepare_in_progress_dir, write_checkpoint
 
@@ -190,13 +192,19 @@ class Checkpointer:
             targets[rng_key] = None  # a pickled value: DCP puts the loaded object here
 
         try:
-            dcp.load(targets, storage_reader=dcp.FileSystemReader(found.path), planner=GlobalShardLoadPlanner(),
-                     process_group=self.group)
-        except Exception as error:  # DCP gathers every rank's failure into one exception on all ranks
-            raise CheckpointError(f"reading the checkpoint in {found.path} failed: {error}") from error
+            dcp.load(targets, storage_reader=SafeFileSystemReader(found.path),
+                     planner=GlobalShardLoadPlanner(found.path), process_group=self.group)
+        except (Exception, CheckpointException) as error:  # DCP gathers every rank's failure, raised on all
+            raise dcp_read_error(error, found.path) from error
 
         if load_rng:
-            rng_state.restore(targets[rng_key], self.rng)
+            try:
+                rng_state.restore(targets[rng_key], self.rng)
+            except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
+                # Read as plain data, but not the shape goldtron saves: say so, not a TypeError deep down.
+                raise CheckpointError(f"{found.path} (item {rng_key}): the RNG state is not what goldtron saves "
+                                      f"({type(error).__name__}: {error}); resume with --no-load-rng, or from "
+                                      "another checkpoint") from error
         elif want_rng:
             saved = common["layout"]
             self._log(f"RNG state not restored: the checkpoint was saved under "
