@@ -147,4 +147,7 @@ def test_broken_trainers_fail_the_portable_golden_naming_metric_and_step(tmp_pat
         rows = [row for row in failures if row["metric"] == metric and row["comparison"] == comparison]
         assert rows, failures
         assert rows[0]["first divergence"] == str(first_step), rows
-    assert {row["metric"] for row in failures} == {metric for metric, _, _ in EXPECTED}, failures
+    # Run 1 has only the drain and time bugs; run 2's other differences (its num-zeros, say) follow
+    # from the RNG bug's other masks and are not asserted.
+    assert {row["metric"] for row in failures if row["comparison"] == "run 1 vs golden"} == \
+        {"lm loss", "iteration-time"}, failures
