@@ -39,8 +39,12 @@ class GoldenChoice:
     """The golden file (possibly absent) a run is judged against, and the one-line reason."""
 
     path: Path
-    portable: bool
+    family: str | None  # set for a family's portable golden (judged with cross-platform tolerances)
     reason: str
+
+    @property
+    def portable(self) -> bool:
+        return self.family is not None
 
     @property
     def second_path(self) -> Path:
@@ -49,12 +53,6 @@ class GoldenChoice:
     @property
     def exists(self) -> bool:
         return self.path.is_file()
-
-    @property
-    def family(self) -> str | None:
-        name = self.path.stem.removeprefix("golden_values_")
-        family = name.rsplit("_", 1)[-1]
-        return family if self.portable and is_family(family) else None
 
 
 def _recorded_on(path: Path) -> str:
@@ -71,17 +69,17 @@ def choose_golden(case: Case, environment: str, platform: str, forced: bool) -> 
     """Walk the chain for `platform` (detected, or forced with --platform)."""
     own = case.golden_path(environment, platform)
     if forced:
-        portable = is_family(platform)
-        kind = "portable golden, cross-platform tolerances" if portable else "exact checks as the case sets them"
-        return GoldenChoice(own, portable, f"{own.name}: forced by --platform {platform} ({kind})")
+        family = platform if is_family(platform) else None
+        kind = "portable golden, cross-platform tolerances" if family else "exact checks as the case sets them"
+        return GoldenChoice(own, family, f"{own.name}: forced by --platform {platform} ({kind})")
     if own.is_file():
-        return GoldenChoice(own, False, f"{own.name}: recorded on this platform ({platform})")
+        return GoldenChoice(own, None, f"{own.name}: recorded on this platform ({platform})")
     family = platform_family(platform)
     if family is not None:
         shared = case.path / golden_file_name(environment, family)
         if shared.is_file():
-            return GoldenChoice(shared, True, (
+            return GoldenChoice(shared, family, (
                 f"{shared.name}: portable golden of the {family} family, recorded on {_recorded_on(shared)}; "
                 f"this platform ({platform}) has no {own.name}, so cross-platform tolerances apply"))
-    return GoldenChoice(own, False, f"{own.name}: none for this platform ({platform})"
+    return GoldenChoice(own, None, f"{own.name}: none for this platform ({platform})"
                         + (f" and no {golden_file_name(environment, family)} for its family" if family else ""))

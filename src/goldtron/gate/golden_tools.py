@@ -156,8 +156,7 @@ def promote(run_dir: Path, case_dir: Path, environment: str, platform: str | Non
     from goldtron.gate.case import load_case
     from goldtron.gate.checks import judge
     from goldtron.gate.golden_choice import choose_golden
-    from goldtron.gate.judging import load_reference, scaled
-    from goldtron.gate.portable import CALIBRATED_METRIC
+    from goldtron.gate.judging import load_reference
     from goldtron.gate.provenance import write_sidecar
 
     run_file, record = _run_values(run_dir, environment)
@@ -170,11 +169,10 @@ def promote(run_dir: Path, case_dir: Path, environment: str, platform: str | Non
     refused = []
     if choice.exists:
         reference = load_reference(case, choice, recording=False, calibration=record.get("calibration"))
-        judged = actual if reference.time_scale is None else scaled(actual, CALIBRATED_METRIC, reference.time_scale)
         band_only = {metric: dict(values, exact=False) for metric, values in reference.tolerances.items()}
         for metric in case.metrics:
             band_only.setdefault(metric, {"exact": False})
-        verdict = judge(reference.golden, judged, case.metrics, band_only, deterministic=False, source=str(case.config_file))
+        verdict = judge(reference.golden, reference.in_golden_units(actual), case.metrics, band_only, deterministic=False, source=str(case.config_file))
         print(f"drift of {run_file} from {choice.path.name} ({choice.reason}):")
         for result in verdict.results:
             if result.status == "skip":

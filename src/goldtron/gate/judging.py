@@ -35,6 +35,10 @@ class Reference:
     time_scale: float | None = None
     notes: list[str] = field(default_factory=list)
 
+    def in_golden_units(self, values: Golden) -> Golden:
+        """`values` with iteration-time in the golden machine's seconds (unchanged when not calibrated)."""
+        return values if self.time_scale is None else scaled(values, CALIBRATED_METRIC, self.time_scale)
+
     def use_calibration(self, calibration: dict | None) -> None:
         """Set `time_scale` from this machine's calibration (the latest, best timing wins)."""
         if self.golden_calibration is None:
@@ -103,9 +107,8 @@ def judge_repeat(case: Case, repeat: RepeatRun, reference: Reference, determinis
         report.judgements.append(Judgement(_name(case, repeat, "run 1 vs bands"), judge(
             {}, run1, case.metrics, case.tolerances, deterministic, "bands", reference.bands, case.bands_sigmas, source)))
     elif reference.golden is not None:
-        judged = run1 if reference.time_scale is None else scaled(run1, CALIBRATED_METRIC, reference.time_scale)
         report.judgements.append(Judgement(_name(case, repeat, "run 1 vs golden"), judge(
-            reference.golden, judged, case.metrics, reference.tolerances, deterministic, "golden", source=source)))
+            reference.golden, reference.in_golden_units(run1), case.metrics, reference.tolerances, deterministic, "golden", source=source)))
     run2 = None
     if "run2" in repeat.tensorboard and repeat.resume_step is not None:
         try:
@@ -117,9 +120,8 @@ def judge_repeat(case: Case, repeat: RepeatRun, reference: Reference, determinis
         report.judgements.append(Judgement(_name(case, repeat, "run 2 vs run 1"), judge(
             after_resume, run2, case.metrics, case.tolerances, deterministic, "run 1", source=source)))
         if reference.second_golden is not None:
-            judged = run2 if reference.time_scale is None else scaled(run2, CALIBRATED_METRIC, reference.time_scale)
             report.judgements.append(Judgement(_name(case, repeat, "run 2 vs golden _2nd"), judge(
-                reference.second_golden, judged, case.metrics, reference.tolerances, deterministic, "golden _2nd",
+                reference.second_golden, reference.in_golden_units(run2), case.metrics, reference.tolerances, deterministic, "golden _2nd",
                 source=source)))
     return run1, run2
 
@@ -144,7 +146,7 @@ def load_reference(case: Case, choice: GoldenChoice, recording: bool, calibratio
     reference = Reference(golden, golden_path, second, bands, tolerances=case.tolerances)
     if choice.portable and golden is not None:
         source = str(case.config_file)
-        reference.tolerances = portable_tolerances(choice.family or "?", case.tolerances, case.portable_tolerances,
+        reference.tolerances = portable_tolerances(choice.family, case.tolerances, case.portable_tolerances,
                                                    source)
         missing = [metric for metric in case.metrics if metric not in golden]
         if missing:

@@ -118,16 +118,14 @@ def gpu_count() -> int:
 
 
 def device_description() -> str:
-    """Human-readable device and CPU model, for provenance."""
+    """Human-readable device and CPU model, for provenance (read from /proc: no torch import)."""
     import platform as std_platform
-
-    import torch
 
     cpu = _cpu_model() or std_platform.processor() or std_platform.machine()
     models = nvidia_gpu_models()
     if models:
         return f"{len(models)} x {models[0]}; CPU {cpu}"
-    return f"CPU {cpu} ({torch.backends.cpu.get_cpu_capability()}, {torch.get_num_threads()} threads)"
+    return f"CPU {cpu} ({cpu_capability()}, {len(os.sched_getaffinity(0))} threads)"
 
 
 def _cpu_model() -> str | None:

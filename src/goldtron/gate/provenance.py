@@ -33,7 +33,7 @@ def provenance(environment: str, platform: str, command: list[str], case_dir: Pa
     """Where a run happened. `platform` names the file (a family, e.g. `cpu`, for a portable golden);
     `recorded_on_platform` is the machine's own; `calibration` is the gate's timing of its
     calibration workload there (what iteration-time is judged in on other machines)."""
-    import torch
+    from importlib.metadata import version  # not `import torch`: the gate writes this after every run
 
     from goldtron import __version__
     from goldtron.gate.platform import detect_platform, device_description
@@ -45,7 +45,7 @@ def provenance(environment: str, platform: str, command: list[str], case_dir: Pa
         "recorded_on_platform": detect_platform(),
         "device": device_description(),
         "calibration": calibration,
-        "torch": torch.__version__,
+        "torch": version("torch"),
         "python": sys.version.split()[0],
         "goldtron": __version__,
         "goldtron_commit": git_commit(Path(__file__).resolve().parent),
