@@ -48,7 +48,7 @@ def _trainer(opts, save_dir: str, async_save: bool):
     ps = ParallelState.create(1, 1, torch.device("cpu"), "gloo")
     rng = DropoutRNG(args.seed, 0, 0, ps.device)
     model = GPTStage(args, ps, rng)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, ps)
     for p in model.parameters():  # one step, so Adam state exists (3 tensors per parameter)
         p.grad = torch.full_like(p, 1e-3)
     optimizer.step()

@@ -29,7 +29,7 @@ def _trainer(ps, save_dir):
     args.padded_vocab_size = padded_vocab_size(1001, args.make_vocab_size_divisible_by, 1)
     rng = DropoutRNG(args.seed, 0, 0, ps.device)
     model = GPTStage(args, ps, rng)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, ps)
     for p in model.parameters():  # one optimizer step, so there is Adam state to save
         p.grad = torch.ones_like(p)
     optimizer.step()

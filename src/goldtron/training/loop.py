@@ -17,7 +17,6 @@ from goldtron.parallel.schedule import MicroBatch, Schedule, StepLoss
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.trace import KINDS, StepTrace
 from goldtron.training import grads
-from goldtron.training.distributed_optimizer import DistributedOptimizer
 from goldtron.training.logging import TensorBoardLog, megatron_log_line, print_rank
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.memory import MemoryStats
@@ -37,10 +36,6 @@ class Trainer:
         self.valid_ds = valid_ds
         self.memory = memory
         self.checkpointer = checkpointer
-        self.params = [p for p in model.parameters()]
-        self.distributed_optimizer = isinstance(optimizer, DistributedOptimizer)
-        # Norms are summed over the model-parallel ranks, and over DP too when DP ranks hold disjoint ranges.
-        self.norm_group = optimizer.norm_group if self.distributed_optimizer else None
         self.iteration = 0
         self.consumed_samples = 0
         self.tb = TensorBoardLog(args.tensorboard_dir, ps.is_logging_rank)
@@ -59,31 +54,21 @@ class Trainer:
 
     # ---- one step --------------------------------------------------------------------------
     def train_step(self) -> dict:
-        a, ps = self.args, self.ps
+        a = self.args
         trace = StepTrace(start=time.perf_counter())
         self.schedule.trace = trace
         self.model.train()
         micro_batches = self._micro_batches(self.train_ds, self.consumed_samples)
         lr = self.lr_schedule.lr()
         set_learning_rate(self.optimizer, lr)
-        self.optimizer.zero_grad(set_to_none=True)
+        self.optimizer.zero_grad()
         if self.model.output_layer is not None and self.model.output_layer.deferred is not None:
             self.model.output_layer.deferred.start_step()
 
         step_loss = self.schedule.train_step(micro_batches)
         self.schedule.drain_deferred_wgrads()
-
         with trace.span("grad-reduce"):
-            if self.distributed_optimizer:  # reduce-scatter: this rank sees its owned ranges only
-                self.optimizer.reduce_gradients()
-                grad_views, gradients = self.optimizer.counted_views(use_grad=True), self.optimizer.gradient_shards()
-            else:
-                grads.reduce_gradients(self.params, ps, self.model.shared_embedding_weight())
-                grad_views, gradients = grads.counted_views(self.params, ps, use_grad=True), [p.grad for p in self.params]
-            grad_norm = grads.global_norm(grad_views, ps, self.norm_group)
-            num_zeros = grads.count_zeros(grad_views, ps, self.norm_group) if a.log_num_zeros_in_grad else None
-            grads.clip_gradients_(gradients, grad_norm, a.clip_grad)
-            del gradients
+            grad_norm, num_zeros = self._reduce_measure_and_clip_gradients()
         with trace.span("optimizer"):
             if self.checkpointer is not None:
                 self.checkpointer.before_optimizer_step()  # an async save's copy must be complete
@@ -92,11 +77,7 @@ class Trainer:
         self.iteration += 1
         self.consumed_samples += a.global_batch_size
 
-        params_norm = None
-        if a.log_params_norm:
-            views = self.optimizer.counted_views(use_grad=False) if self.distributed_optimizer \
-                else grads.counted_views(self.params, ps, use_grad=False)
-            params_norm = grads.global_norm(views, ps, self.norm_group)
+        params_norm = self._norm(self.optimizer.counted_views(use_grad=False)) if a.log_params_norm else None
         lm_loss = self._reduce_loss(step_loss)
         trace.end = time.perf_counter()
         self.last_trace = trace
@@ -107,6 +88,19 @@ class Trainer:
             "iteration_time": trace.end - trace.start, "batch_size": a.global_batch_size,
             "consumed_samples": self.consumed_samples,
         }
+
+    def _reduce_measure_and_clip_gradients(self) -> tuple[float, int | None]:
+        """Make the gradients final (the optimizer's reduction), then grad-norm, num-zeros, clipping."""
+        self.optimizer.reduce_gradients()
+        views = self.optimizer.counted_views(use_grad=True)
+        grad_norm = self._norm(views)
+        num_zeros = grads.count_zeros(views, self.ps, self.optimizer.norm_group) if self.args.log_num_zeros_in_grad \
+            else None
+        grads.clip_gradients_(self.optimizer.gradients(), grad_norm, self.args.clip_grad)
+        return grad_norm, num_zeros
+
+    def _norm(self, views: list[torch.Tensor]) -> float:
+        return grads.global_norm(views, self.ps, self.optimizer.norm_group)
 
     def _reduce_loss(self, step_loss: StepLoss) -> float:
         """Token-weighted mean over the step's micro-batches and DP ranks (last stage has it)."""
