@@ -27,7 +27,7 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.arguments import parse_args
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
 from goldtron.parallel.state import ParallelState
@@ -43,8 +43,6 @@ def _trainer(opts, save_dir: str, async_save: bool):
              "--tokenizer-type", "NullTokenizer", "--vocab-size", str(opts.vocab - 1), "--torch-threads", "2",
              "--save", save_dir, "--load", save_dir] + (["--async-save"] if async_save else [])
     args = parse_args(flags)
-    args.real_vocab_size = opts.vocab
-    args.padded_vocab_size = padded_vocab_size(opts.vocab, args.make_vocab_size_divisible_by, 1)
     ps = ParallelState.create(1, 1, torch.device("cpu"), "gloo")
     rng = DropoutRNG(args.seed, 0, 0, ps.device)
     model = GPTStage(args, ps, rng)

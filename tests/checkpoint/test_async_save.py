@@ -12,7 +12,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.arguments import parse_args
 from goldtron.checkpoint.export import open_checkpoint, plain_state_dict
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
@@ -25,8 +25,6 @@ from support.torchrun import TINY_MODEL
 
 def _trainer(ps, save_dir):
     args = parse_args(TINY_MODEL + ["--train-iters", "4", "--save", str(save_dir), "--async-save"])
-    args.real_vocab_size = 1001
-    args.padded_vocab_size = padded_vocab_size(1001, args.make_vocab_size_divisible_by, 1)
     rng = DropoutRNG(args.seed, 0, 0, ps.device)
     model = GPTStage(args, ps, rng)
     optimizer = build_optimizer(model, args, ps)

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.arguments import parse_args
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.hf_export import gpt2_config, head_major_qkv_to_gpt2, write_hf_folder
 from goldtron.model.gpt import GPTStage
@@ -78,8 +78,6 @@ def test_what_gpt2_cannot_express_is_refused(tmp_path, change, named):
 def _goldtron_logits(ps, save_dir, extra_flags, tokens) -> torch.Tensor:
     """goldtron's logits [b, s, real vocab] from the checkpoint, through goldtron's own load."""
     args = parse_args(TINY_MODEL + extra_flags + ["--train-iters", "6", "--load", str(save_dir), "--finetune"])
-    args.real_vocab_size = REAL_VOCAB
-    args.padded_vocab_size = padded_vocab_size(REAL_VOCAB, args.make_vocab_size_divisible_by, 1)
     rng = DropoutRNG(args.seed, 0, 0, ps.device)
     model = GPTStage(args, ps, rng)
     checkpointer = checkpointing.build_checkpointer(args, ps, None, rng)

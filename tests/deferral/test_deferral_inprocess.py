@@ -14,7 +14,7 @@ import torch
 
 import goldtron.model.output_layer as output_layer_module
 from deferral.worker_results import tensor_relative_error
-from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.arguments import parse_args
 from goldtron.model.gpt import GPTStage
 from goldtron.model.output_layer import DeferredWgradBuffer, OutputLayer
 from goldtron.parallel.p2p import PipelineP2P
@@ -92,8 +92,6 @@ def test_start_of_step_drops_what_an_interrupted_step_left():
 
 def _stage_args(extra: list[str]):
     args = parse_args([*TINY_MODEL, *NO_DROPOUT, "--train-iters", "10", *extra])
-    args.real_vocab_size = 1001  # NullTokenizer --vocab-size 1000 (+1 for the end-of-document id)
-    args.padded_vocab_size = padded_vocab_size(1001, args.make_vocab_size_divisible_by, 1)
     return args
 
 

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from goldtron.arguments import ConfigError, padded_vocab_size, parse_args
+from goldtron.arguments import ConfigError, parse_args
 
 EXIT_CONFIG_ERROR = 2
 
@@ -51,6 +51,7 @@ def build_trainer(args, ps, device: torch.device):
     """Model, optimizer, data and schedule for `args` on existing process groups (tests build several
     trainers in one torchrun launch, so this is separate from group set-up and tear-down)."""
     # Imported here so `goldtron train --help`-style failures stay cheap.
+    from goldtron.data.errors import DataError
     from goldtron.data.provider import build_datasets, build_tokenizer
     from goldtron.model.gpt import GPTStage
     from goldtron.parallel.p2p import PipelineP2P
@@ -65,8 +66,9 @@ def build_trainer(args, ps, device: torch.device):
     _seed_everything(args, ps.pp_rank)
 
     tokenizer = build_tokenizer(args)
-    args.real_vocab_size = tokenizer.vocab_size
-    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, ps.tp_size)
+    if tokenizer.vocab_size != args.real_vocab_size:  # validation sized the model from the vocab file
+        raise DataError(f"the tokenizer has {tokenizer.vocab_size} ids but its vocabulary file lists "
+                        f"{args.real_vocab_size}; give a --vocab-file whose entries are the tokenizer's ids")
     gb = args.global_batch_size
     eval_rounds = (args.train_iters // args.eval_interval + 1) if args.eval_interval else 1
     train_ds, valid_ds, _ = build_datasets(
