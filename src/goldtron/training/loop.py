@@ -20,12 +20,14 @@ from goldtron.training import grads
 from goldtron.training.logging import TensorBoardLog, megatron_log_line, print_rank
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.memory import MemoryStats
-from goldtron.training.optimizer import set_learning_rate
+from goldtron.training.optimizer import Optimizer, set_learning_rate
+from goldtron.training.progress import TrainingProgress
 
 
 class Trainer:
-    def __init__(self, args: Namespace, ps: ParallelState, model, optimizer, lr_schedule: LRSchedule,
-                 schedule: Schedule, train_ds, valid_ds, memory: MemoryStats, checkpointer=None):
+    def __init__(self, args: Namespace, ps: ParallelState, model, optimizer: Optimizer, lr_schedule: LRSchedule,
+                 schedule: Schedule, train_ds, valid_ds, memory: MemoryStats, progress: TrainingProgress,
+                 checkpointer):
         self.args = args
         self.ps = ps
         self.model = model
@@ -35,11 +37,23 @@ class Trainer:
         self.train_ds = train_ds
         self.valid_ds = valid_ds
         self.memory = memory
-        self.checkpointer = checkpointer
-        self.iteration = 0
-        self.consumed_samples = 0
+        self.checkpointer = checkpointer  # a NullCheckpointer without --save/--load
+        self.progress = progress
         self.tb = TensorBoardLog(args.tensorboard_dir, ps.is_logging_rank)
         self.last_trace: StepTrace | None = None  # the latest step's schedule spans
+
+    @property
+    def iteration(self) -> int:
+        return self.progress.iteration
+
+    @property
+    def consumed_samples(self) -> int:
+        return self.progress.consumed_samples
+
+    def close(self) -> None:
+        """Close what the trainer opened: the TensorBoard writer, the checkpointer (a background write)."""
+        self.tb.close()
+        self.checkpointer.close()
 
     # ---- data ------------------------------------------------------------------------------
     def _micro_batches(self, dataset, first_sample: int) -> list[MicroBatch]:
@@ -70,12 +84,10 @@ class Trainer:
         with trace.span("grad-reduce"):
             grad_norm, num_zeros = self._reduce_measure_and_clip_gradients()
         with trace.span("optimizer"):
-            if self.checkpointer is not None:
-                self.checkpointer.before_optimizer_step()  # an async save's copy must be complete
+            self.checkpointer.before_optimizer_step()  # an async save's copy must be complete
             self.optimizer.step()
         self.lr_schedule.step(a.global_batch_size)
-        self.iteration += 1
-        self.consumed_samples += a.global_batch_size
+        self.progress.advance(a.global_batch_size)
 
         params_norm = self._norm(self.optimizer.counted_views(use_grad=False)) if a.log_params_norm else None
         lm_loss = self._reduce_loss(step_loss)
@@ -213,10 +225,8 @@ class Trainer:
             first = False
             if a.eval_interval and self.iteration % a.eval_interval == 0 and self.iteration < a.train_iters:
                 self._report_eval(f"iteration {self.iteration}")
-            if self.checkpointer is not None:
-                self.checkpointer.after_step(self)
+            self.checkpointer.after_step()
         if a.eval_iters > 0 and self.iteration >= a.train_iters:
             self._report_eval("the end of training for val data")
-        if self.checkpointer is not None:
-            self.checkpointer.at_end(self)
+        self.checkpointer.at_end()
         self.tb.flush()

@@ -57,11 +57,13 @@ def build_trainer(args, ps, device: torch.device):
     from goldtron.parallel.p2p import PipelineP2P
     from goldtron.parallel.random import DropoutRNG
     from goldtron.parallel.schedule import Schedule
-    from goldtron.training.checkpointing import build_checkpointer
+    from goldtron.checkpoint.rng_state import RankRandomState
+    from goldtron.training.checkpointing import CheckpointParts, build_checkpointer
     from goldtron.training.loop import Trainer
     from goldtron.training.lr_schedule import LRSchedule
     from goldtron.training.memory import MemoryStats
     from goldtron.training.optimizer import build_optimizer
+    from goldtron.training.progress import TrainingProgress
 
     _seed_everything(args, ps.pp_rank)
 
@@ -80,11 +82,13 @@ def build_trainer(args, ps, device: torch.device):
     rng = DropoutRNG(args.seed, ps.pp_rank, ps.tp_rank, device)
     model = GPTStage(args, ps, rng)
     optimizer = build_optimizer(model, args, ps)
-    lr_schedule = LRSchedule(args.lr, args.min_lr, args.lr_warmup_samples, args.lr_decay_samples,
-                             args.lr_decay_style)
+    lr_schedule = LRSchedule.from_args(args)
+    progress = TrainingProgress()
+    checkpointer = build_checkpointer(args, ps, CheckpointParts(model, optimizer, lr_schedule, progress,
+                                                                RankRandomState(rng)))
     p2p = PipelineP2P(ps, (args.micro_batch_size, args.seq_length, args.hidden_size), args.params_dtype)
-    trainer = Trainer(args, ps, model, optimizer, lr_schedule, Schedule(model, ps, p2p), train_ds, valid_ds, memory)
-    trainer.checkpointer = build_checkpointer(args, ps, trainer, rng)
+    trainer = Trainer(args, ps, model, optimizer, lr_schedule, Schedule(model, ps, p2p), train_ds, valid_ds, memory,
+                      progress, checkpointer)
     if memory.cpu_counter is not None:
         memory.cpu_counter.track_existing(model.parameters())
     return trainer
@@ -102,13 +106,10 @@ def build_and_train(args) -> None:
     trainer = build_trainer(args, ps, device)
     try:
         with trainer.memory:
-            if trainer.checkpointer is not None:
-                trainer.checkpointer.load(trainer)
+            trainer.checkpointer.load()
             trainer.train()
     finally:
-        trainer.tb.close()
-        if trainer.checkpointer is not None:
-            trainer.checkpointer.close()
+        trainer.close()
         # torch can abort at exit if process-group-bound objects outlive the group: free first.
         del trainer
         gc.collect()
