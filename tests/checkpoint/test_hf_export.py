@@ -15,13 +15,13 @@ import pytest
 import torch
 
 from goldtron.arguments import parse_args
+from goldtron.checkpoint.commands import main as ckpt_main
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.hf_export import gpt2_config, head_major_qkv_to_gpt2, write_hf_folder
 from goldtron.checkpoint.rng_state import RankRandomState
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
 from goldtron.training import checkpointing
-from goldtron.training.checkpoint_commands import main as ckpt_main
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.optimizer import build_optimizer
 from goldtron.training.progress import TrainingProgress

@@ -93,6 +93,11 @@ class GPTStage(nn.Module):
         logits = self.output_layer(hidden)
         return vocab_parallel_cross_entropy(logits, labels, self.vocab_start, self.ps.tp_group)
 
+    def start_deferred_wgrads(self) -> None:
+        """A new step: nothing deferred may carry over from an interrupted one."""
+        if self.output_layer is not None and self.output_layer.deferred is not None:
+            self.output_layer.deferred.start_step()
+
     def drain_deferred_wgrads(self) -> None:
         if self.output_layer is not None:
             self.output_layer.drain_deferred_wgrads()

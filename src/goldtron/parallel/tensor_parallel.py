@@ -1,7 +1,7 @@
 """Tensor-parallel layers: each rank holds a slice of the full weight and communicates over TP.
 
-Every layer is built from the *full* weight (see model/init.py) and keeps its own shard, so
-the same seed gives the same model under any layout. Parameters carry two attributes that the
+Every layer is built from the *full* weight (drawn by model/init.py) and keeps its own shard
+(parallel/tp_slicing.py), so the same seed gives the same model under any layout. Parameters carry two attributes that the
 optimizer, norms and checkpoints read:
 - `tensor_parallel_dim`: the dim along which the full tensor is split over TP (None = replicated);
 - `tensor_parallel_blocks`: how many equal blocks along that dim are split over TP on their own
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from goldtron.model.init import shard, shard_blocks
 from goldtron.parallel.collectives import copy_to_tensor_parallel, reduce_from_tensor_parallel
 from goldtron.parallel.state import ParallelState
+from goldtron.parallel.tp_slicing import shard, shard_blocks
 
 
 def make_parameter(tensor: torch.Tensor, device: torch.device, tensor_parallel_dim: int | None,

@@ -1,11 +1,9 @@
-"""The training loop: one step = schedule (forward/backward over micro-batches), drain deferred
-weight-gradients, reduce gradients, norms and clipping, optimizer, LR schedule, report."""
+"""The training loop: one step = schedule (forward/backward over micro-batches, then the drain of
+deferred weight-gradients), reduce gradients, norms and clipping, optimizer, LR schedule, report."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from argparse import Namespace
 
@@ -15,11 +13,12 @@ from goldtron.data.sampler import collate, micro_batch_sample_indices
 from goldtron.parallel.collectives import all_gather_, all_reduce_
 from goldtron.parallel.schedule import MicroBatch, Schedule, StepLoss
 from goldtron.parallel.state import ParallelState
-from goldtron.parallel.trace import KINDS, StepTrace
+from goldtron.parallel.trace import KINDS, StepTrace, append_step
 from goldtron.training import grads
 from goldtron.training.logging import TensorBoardLog, megatron_log_line, print_rank
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.memory import MemoryStats
+from goldtron.training.metrics_file import MetricsFile
 from goldtron.training.optimizer import Optimizer, set_learning_rate
 from goldtron.training.progress import TrainingProgress
 
@@ -27,7 +26,7 @@ from goldtron.training.progress import TrainingProgress
 class Trainer:
     def __init__(self, args: Namespace, ps: ParallelState, model, optimizer: Optimizer, lr_schedule: LRSchedule,
                  schedule: Schedule, train_ds, valid_ds, memory: MemoryStats, progress: TrainingProgress,
-                 checkpointer):
+                 checkpointer, metrics_file: MetricsFile):
         self.args = args
         self.ps = ps
         self.model = model
@@ -39,6 +38,7 @@ class Trainer:
         self.memory = memory
         self.checkpointer = checkpointer  # a NullCheckpointer without --save/--load
         self.progress = progress
+        self.metrics_file = metrics_file
         self.tb = TensorBoardLog(args.tensorboard_dir, ps.is_logging_rank)
         self.last_trace: StepTrace | None = None  # the latest step's schedule spans
 
@@ -76,11 +76,7 @@ class Trainer:
         lr = self.lr_schedule.lr()
         set_learning_rate(self.optimizer, lr)
         self.optimizer.zero_grad()
-        if self.model.output_layer is not None and self.model.output_layer.deferred is not None:
-            self.model.output_layer.deferred.start_step()
-
-        step_loss = self.schedule.train_step(micro_batches)
-        self.schedule.drain_deferred_wgrads()
+        step_loss = self.schedule.train_step(micro_batches)  # deferred wgrads drained inside
         with trace.span("grad-reduce"):
             grad_norm, num_zeros = self._reduce_measure_and_clip_gradients()
         with trace.span("optimizer"):
@@ -165,12 +161,13 @@ class Trainer:
         timers = None
         if a.log_timers_to_tensorboard:
             timers = self._timer_totals_all_ranks(self.last_trace)
-            self._append_trace_file(self.last_trace)
+            if a.tensorboard_dir:  # for `goldtron timeline`
+                append_step(a.tensorboard_dir, self.last_trace, it, self.ps)
         values["mem_allocated"] = self.memory.allocated()
         values["mem_max_allocated"] = self.memory.max_allocated()
         if not self.ps.is_logging_rank:
             return
-        self._append_metrics_file(values)
+        self.metrics_file.write(self.iteration, values)
         tb = self.tb
         tb.scalar("lm loss", values["lm_loss"], it)
         tb.scalar("learning-rate", values["learning_rate"], it)
@@ -191,28 +188,6 @@ class Trainer:
                     tb.scalar(f"pipeline-timers/rank{r}/{kind}", float(timers[r, k]), it)
         if it % a.log_interval == 0 or it == a.train_iters:
             print_rank(megatron_log_line(it, a.train_iters, values), True)
-
-    def _append_trace_file(self, trace: StepTrace) -> None:
-        """Each rank's schedule spans for this step, for `goldtron timeline` (one file per rank)."""
-        if not self.args.tensorboard_dir:
-            return
-        folder = os.path.join(self.args.tensorboard_dir, "pipeline_trace")
-        os.makedirs(folder, exist_ok=True)
-        record = dict(trace.to_json(self.ps.rank), iteration=self.iteration, pp_rank=self.ps.pp_rank,
-                      tp_rank=self.ps.tp_rank, dp_rank=self.ps.dp_rank)
-        with open(os.path.join(folder, f"rank{self.ps.rank}.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _append_metrics_file(self, values: dict) -> None:
-        """Full-precision per-step values as JSON lines, when GOLDTRON_METRICS_FILE names a file.
-
-        TensorBoard stores scalars as float32; bitwise resume checks and layout comparisons
-        need the float64 numbers this process computed.
-        """
-        path = os.environ.get("GOLDTRON_METRICS_FILE")
-        if path:
-            with open(path, "a") as f:
-                f.write(json.dumps({"iteration": self.iteration, **values}) + "\n")
 
     # ---- the run ---------------------------------------------------------------------------
     def train(self) -> None:

@@ -47,9 +47,10 @@ def _seed_everything(args, pp_rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_trainer(args, ps, device: torch.device):
+def build_trainer(args, ps, device: torch.device, metrics_file=None):
     """Model, optimizer, data and schedule for `args` on existing process groups (tests build several
-    trainers in one torchrun launch, so this is separate from group set-up and tear-down)."""
+    trainers in one torchrun launch, so this is separate from group set-up and tear-down).
+    `metrics_file`: a MetricsFile for full-precision values (default: none written)."""
     # Imported here so `goldtron train --help`-style failures stay cheap.
     from goldtron.data.errors import DataError
     from goldtron.data.provider import build_datasets, build_tokenizer
@@ -62,6 +63,7 @@ def build_trainer(args, ps, device: torch.device):
     from goldtron.training.loop import Trainer
     from goldtron.training.lr_schedule import LRSchedule
     from goldtron.training.memory import MemoryStats
+    from goldtron.training.metrics_file import MetricsFile
     from goldtron.training.optimizer import build_optimizer
     from goldtron.training.progress import TrainingProgress
 
@@ -88,7 +90,7 @@ def build_trainer(args, ps, device: torch.device):
                                                                 RankRandomState(rng)))
     p2p = PipelineP2P(ps, (args.micro_batch_size, args.seq_length, args.hidden_size), args.params_dtype)
     trainer = Trainer(args, ps, model, optimizer, lr_schedule, Schedule(model, ps, p2p), train_ds, valid_ds, memory,
-                      progress, checkpointer)
+                      progress, checkpointer, metrics_file or MetricsFile(None))
     if memory.cpu_counter is not None:
         memory.cpu_counter.track_existing(model.parameters())
     return trainer
@@ -96,6 +98,7 @@ def build_trainer(args, ps, device: torch.device):
 
 def build_and_train(args) -> None:
     from goldtron.parallel.state import ParallelState
+    from goldtron.training.metrics_file import METRICS_FILE_ENV, MetricsFile
 
     torch.set_num_threads(args.torch_threads)
     if args.deterministic_mode:
@@ -103,7 +106,7 @@ def build_and_train(args) -> None:
     device = _init_distributed(args)
     ps = ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, device,
                               args.distributed_backend)
-    trainer = build_trainer(args, ps, device)
+    trainer = build_trainer(args, ps, device, MetricsFile(os.environ.get(METRICS_FILE_ENV)))
     try:
         with trainer.memory:
             trainer.checkpointer.load()

@@ -15,11 +15,11 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from goldtron.model.init import shard
 from goldtron.parallel.cross_entropy import vocab_parallel_cross_entropy
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                                                vocab_range)
+from goldtron.parallel.tp_slicing import shard
 
 RTOL = 1e-6
 failures = []
