@@ -9,6 +9,7 @@ from argparse import Namespace
 
 import torch
 
+from goldtron import trainer_contract as tags
 from goldtron.data.sampler import collate, micro_batch_sample_indices
 from goldtron.parallel.collectives import all_gather_, all_reduce_
 from goldtron.parallel.schedule import MicroBatch, Schedule, StepLoss
@@ -139,9 +140,9 @@ class Trainer:
         if loss is None or not self.ps.is_logging_rank:
             return
         ppl = math.exp(min(20.0, loss))
-        self.tb.scalar("lm loss validation", loss, self.iteration)
+        self.tb.scalar(tags.LM_LOSS_VALIDATION, loss, self.iteration)
         if self.args.log_validation_ppl_to_tensorboard:
-            self.tb.scalar("lm loss validation ppl", ppl, self.iteration)
+            self.tb.scalar(tags.LM_LOSS_VALIDATION_PPL, ppl, self.iteration)
         line = f" validation loss at {where} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} |"
         bar = "-" * (len(line) + 1)
         print_rank(f"{bar}\n{line}\n{bar}", True)
@@ -169,23 +170,23 @@ class Trainer:
             return
         self.metrics_file.write(self.iteration, values)
         tb = self.tb
-        tb.scalar("lm loss", values["lm_loss"], it)
-        tb.scalar("learning-rate", values["learning_rate"], it)
-        tb.scalar("batch-size", values["batch_size"], it)
-        tb.scalar("grad-norm", values["grad_norm"], it)
+        tb.scalar(tags.LM_LOSS, values["lm_loss"], it)
+        tb.scalar(tags.LEARNING_RATE, values["learning_rate"], it)
+        tb.scalar(tags.BATCH_SIZE, values["batch_size"], it)
+        tb.scalar(tags.GRAD_NORM, values["grad_norm"], it)
         if values["num_zeros"] is not None:
-            tb.scalar("num-zeros", values["num_zeros"], it)
+            tb.scalar(tags.NUM_ZEROS, values["num_zeros"], it)
         if values["params_norm"] is not None:
-            tb.scalar("params-norm", values["params_norm"], it)
+            tb.scalar(tags.PARAMS_NORM, values["params_norm"], it)
         if a.log_memory_to_tensorboard:
-            tb.scalar("mem-allocated-bytes", values["mem_allocated"], it)
-            tb.scalar("mem-max-allocated-bytes", values["mem_max_allocated"], it)
+            tb.scalar(tags.MEM_ALLOCATED, values["mem_allocated"], it)
+            tb.scalar(tags.MEM_MAX_ALLOCATED, values["mem_max_allocated"], it)
         if timers is not None:
             if not first_of_run:  # Megatron: no iteration-time for a run's first iteration
-                tb.scalar("iteration-time", values["iteration_time"], it)
+                tb.scalar(tags.ITERATION_TIME, values["iteration_time"], it)
             for r in range(timers.shape[0]):
                 for k, kind in enumerate((*KINDS, "idle")):
-                    tb.scalar(f"pipeline-timers/rank{r}/{kind}", float(timers[r, k]), it)
+                    tb.scalar(tags.pipeline_timer_tag(r, kind), float(timers[r, k]), it)
         if it % a.log_interval == 0 or it == a.train_iters:
             print_rank(megatron_log_line(it, a.train_iters, values), True)
 

@@ -17,8 +17,8 @@ import torch
 import torch.distributed as dist
 
 from goldtron.arguments import ConfigError, parse_args
+from goldtron.trainer_contract import EXIT_CONFIG_ERROR
 
-EXIT_CONFIG_ERROR = 2
 
 
 def _init_distributed(args) -> torch.device:
