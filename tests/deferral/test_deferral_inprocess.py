@@ -17,6 +17,7 @@ from deferral.worker_results import tensor_relative_error
 from goldtron.arguments import parse_args
 from goldtron.model.gpt import GPTStage
 from goldtron.model.output_layer import DeferredWgradBuffer, OutputLayer
+from goldtron.parallel.collectives import BackendRelease
 from goldtron.parallel.p2p import PipelineP2P
 from goldtron.parallel.random import DropoutRNG
 from goldtron.parallel.schedule import MicroBatch, Schedule
@@ -48,7 +49,7 @@ def test_deferred_gemms_run_in_the_drain_not_in_backward(limit, monkeypatch):
     inputs, full_weight = _micro_batch_tensors(seed=limit)
     counter = _CountingWgrad(output_layer_module._wgrad)
     monkeypatch.setattr(output_layer_module, "_wgrad", counter)
-    ps = SimpleNamespace(tp_group=None)
+    ps = SimpleNamespace(tp_group=None, backend_release=BackendRelease())
 
     def layer_with(defer_limit):
         weight = torch.nn.Parameter(full_weight.clone())

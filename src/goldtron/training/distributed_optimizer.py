@@ -127,11 +127,11 @@ class DistributedOptimizer:
                     flat[at : at + p.numel()].copy_(p.grad.view(-1))
                 p.grad = None  # the owned sums live in grad_shard; the rest is another rank's
             shard = torch.empty(bucket.shard_size, dtype=torch.float32, device=ps.device)
-            reduce_scatter_(shard, flat, ps.dp_group)
+            reduce_scatter_(shard, flat, ps.dp_group, ps.backend_release)
             del flat
             shard.div_(ps.dp_size)
             if bucket.reduce_over_embedding:
-                all_reduce_(shard, ps.embedding_group)
+                all_reduce_(shard, ps.embedding_group, ps.backend_release)
             bucket.grad_shard = shard
             for piece in bucket.pieces:
                 piece.view.grad = shard[piece.shard_offset : piece.shard_offset + piece.end - piece.start]
@@ -166,7 +166,7 @@ class DistributedOptimizer:
             for piece in bucket.pieces:
                 shard[piece.shard_offset : piece.shard_offset + piece.end - piece.start].copy_(piece.view)
             full = torch.empty(bucket.size, dtype=torch.float32, device=ps.device)
-            all_gather_flat_(full, shard, ps.dp_group)
+            all_gather_flat_(full, shard, ps.dp_group, ps.backend_release)
             del shard
             for p, at in zip(bucket.params, bucket.offsets):
                 p.detach().view(-1).copy_(full[at : at + p.numel()])

@@ -115,7 +115,7 @@ class Trainer:
         """Token-weighted mean over the step's micro-batches and DP ranks (last stage has it)."""
         pair = torch.tensor([step_loss.loss_sum, step_loss.num_tokens], dtype=torch.float64, device=self.ps.device)
         if self.ps.is_last_stage:
-            all_reduce_(pair, self.ps.dp_group)
+            all_reduce_(pair, self.ps.dp_group, self.ps.backend_release)
         return float(pair[0] / pair[1]) if pair[1] > 0 else float("nan")
 
     # ---- evaluation ------------------------------------------------------------------------
@@ -154,7 +154,8 @@ class Trainer:
         local = torch.tensor([totals[k] for k in (*KINDS, "idle")], dtype=torch.float64, device=self.ps.device)
         if self.ps.world_size == 1:
             return local.unsqueeze(0)
-        gathered = all_gather_([torch.empty_like(local) for _ in range(self.ps.world_size)], local)
+        gathered = all_gather_([torch.empty_like(local) for _ in range(self.ps.world_size)], local, None,
+                               self.ps.backend_release)
         return torch.stack(gathered)
 
     def _report(self, values: dict, first_of_run: bool) -> None:

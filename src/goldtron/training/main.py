@@ -80,7 +80,7 @@ def build_trainer(args, ps, device: torch.device, metrics_file=None):
         is_builder_rank=ps.rank == 0, barrier=dist.barrier,
     )
 
-    memory = MemoryStats(device, enabled=args.log_memory_to_tensorboard)
+    memory = MemoryStats(device, enabled=args.log_memory_to_tensorboard, release=ps.backend_release)
     rng = DropoutRNG(args.seed, ps.pp_rank, ps.tp_rank, device)
     model = GPTStage(args, ps, rng)
     optimizer = build_optimizer(model, args, ps)
