@@ -27,13 +27,15 @@ from types import SimpleNamespace
 import torch
 import torch.distributed as dist
 
-from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.arguments import parse_args
+from goldtron.checkpoint.rng_state import RankRandomState
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
 from goldtron.parallel.state import ParallelState
-from goldtron.training.checkpointing import build_checkpointer
+from goldtron.training.checkpointing import CheckpointParts, build_checkpointer
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.optimizer import build_optimizer
+from goldtron.training.progress import TrainingProgress
 
 
 def _trainer(opts, save_dir: str, async_save: bool):
@@ -43,19 +45,18 @@ def _trainer(opts, save_dir: str, async_save: bool):
              "--tokenizer-type", "NullTokenizer", "--vocab-size", str(opts.vocab - 1), "--torch-threads", "2",
              "--save", save_dir, "--load", save_dir] + (["--async-save"] if async_save else [])
     args = parse_args(flags)
-    args.real_vocab_size = opts.vocab
-    args.padded_vocab_size = padded_vocab_size(opts.vocab, args.make_vocab_size_divisible_by, 1)
     ps = ParallelState.create(1, 1, torch.device("cpu"), "gloo")
     rng = DropoutRNG(args.seed, 0, 0, ps.device)
     model = GPTStage(args, ps, rng)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, ps)
     for p in model.parameters():  # one step, so Adam state exists (3 tensors per parameter)
         p.grad = torch.full_like(p, 1e-3)
     optimizer.step()
     schedule = LRSchedule(args.lr, args.min_lr, args.lr_warmup_samples, args.lr_decay_samples, args.lr_decay_style)
-    trainer = SimpleNamespace(args=args, ps=ps, model=model, optimizer=optimizer, lr_schedule=schedule,
-                              iteration=1, consumed_samples=1)
-    return trainer, build_checkpointer(args, ps, trainer, rng)
+    progress = TrainingProgress(iteration=1, consumed_samples=1)
+    trainer = SimpleNamespace(args=args, model=model, optimizer=optimizer, progress=progress)
+    return trainer, build_checkpointer(args, ps, CheckpointParts(model, optimizer, schedule, progress,
+                                                                 RankRandomState(rng)))
 
 
 def _training_work(trainer, micro_batches: int = 4) -> None:
@@ -119,18 +120,18 @@ def main() -> None:
         plain = os.path.join(root, "plain.pt")
         times = {k: [] for k in ("dcp_save", "torch_save", "dcp_load", "torch_load", "async_blocked")}
         for i in range(opts.repeats):
-            trainer.iteration = 10 + i
+            trainer.progress.iteration = 10 + i
             times["torch_save"].append(_timed(lambda: _torch_save(tensors, plain)))
-            times["dcp_save"].append(_timed(lambda: ckpt.save(trainer)))
+            times["dcp_save"].append(_timed(lambda: ckpt.save()))
             times["torch_load"].append(_timed(lambda: _torch_load(tensors, plain)))
-            times["dcp_load"].append(_timed(lambda: ckpt.load(trainer)))
+            times["dcp_load"].append(_timed(lambda: ckpt.load()))
         ckpt.close()
 
         trainer_async, ckpt_async = _trainer(opts, os.path.join(root, "async"), async_save=True)
         for i in range(opts.repeats):
-            trainer_async.iteration = 10 + i
+            trainer_async.progress.iteration = 10 + i
             blocked_before = ckpt_async.blocked_seconds
-            ckpt_async.save(trainer_async)
+            ckpt_async.save()
             # The loop's forward and backward run before its optimizer step, which waits for the
             # background copy: one training step's worth of compute stands in for them here.
             _training_work(trainer_async)

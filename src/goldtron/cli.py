@@ -17,7 +17,7 @@ COMMANDS: dict[str, tuple[str, str]] = {
     "golden": ("goldtron.gate.commands:golden_main", "golden files: from-tensorboard, diff, validate, stats"),
     "cases": ("goldtron.gate.commands:cases_main", "list test cases and their goldens"),
     "data": ("goldtron.data.commands:main", "data tools: preprocess, corpus"),
-    "ckpt": ("goldtron.training.checkpoint_commands:main", "checkpoint tools: inspect, export"),
+    "ckpt": ("goldtron.checkpoint.commands:main", "checkpoint tools: inspect, export"),
     "timeline": ("goldtron.training.timeline:main", "draw the pipeline timeline of a run"),
 }
 

@@ -16,9 +16,9 @@ import pytest
 import torch
 
 from checkpoint.ckpt_runs import after, layout_run, relative, rewind, train_save_rewind
+from goldtron.checkpoint.commands import EXIT_ERROR, main as ckpt_main
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.validation import check_architecture
-from goldtron.training.checkpoint_commands import EXIT_ERROR, main as ckpt_main
 from support.torchrun import NO_DROPOUT, TINY_MODEL, run_train
 
 ROPE_SWIGLU = ["--position-embedding-type", "rope", "--swiglu"]

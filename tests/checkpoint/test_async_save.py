@@ -7,12 +7,11 @@ test controls, not a race it hopes to win. The resume tests run --async-save end
 """
 
 import threading
-from types import SimpleNamespace
-
 import pytest
 import torch
 
-from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.arguments import parse_args
+from goldtron.checkpoint.rng_state import RankRandomState
 from goldtron.checkpoint.export import open_checkpoint, plain_state_dict
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
@@ -20,23 +19,22 @@ from goldtron.training import checkpointing
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.memory import CpuAllocationCounter
 from goldtron.training.optimizer import build_optimizer
+from goldtron.training.progress import TrainingProgress
 from support.torchrun import TINY_MODEL
 
 
 def _trainer(ps, save_dir):
     args = parse_args(TINY_MODEL + ["--train-iters", "4", "--save", str(save_dir), "--async-save"])
-    args.real_vocab_size = 1001
-    args.padded_vocab_size = padded_vocab_size(1001, args.make_vocab_size_divisible_by, 1)
     rng = DropoutRNG(args.seed, 0, 0, ps.device)
     model = GPTStage(args, ps, rng)
-    optimizer = build_optimizer(model, args)
+    optimizer = build_optimizer(model, args, ps)
     for p in model.parameters():  # one optimizer step, so there is Adam state to save
         p.grad = torch.ones_like(p)
     optimizer.step()
     schedule = LRSchedule(args.lr, args.min_lr, args.lr_warmup_samples, args.lr_decay_samples, args.lr_decay_style)
-    trainer = SimpleNamespace(args=args, ps=ps, model=model, optimizer=optimizer, lr_schedule=schedule,
-                              iteration=1, consumed_samples=8)
-    return trainer, checkpointing.build_checkpointer(args, ps, trainer, rng)
+    parts = checkpointing.CheckpointParts(model, optimizer, schedule, TrainingProgress(iteration=1, consumed_samples=8),
+                                          RankRandomState(rng))
+    return parts, checkpointing.build_checkpointer(args, ps, parts)
 
 
 @pytest.fixture
@@ -61,7 +59,7 @@ def test_async_save_returns_before_the_write_and_saves_a_snapshot(one_rank, gate
     trainer, ckpt = _trainer(one_rank, tmp_path)
     before = {n: p.detach().clone() for n, p in trainer.model.named_parameters()}
 
-    ckpt.save(trainer)
+    ckpt.save()
     assert ckpt.pending is not None and not ckpt.pending.done()
     assert (tmp_path / "iter_0000001.in_progress").is_dir()
     assert not (tmp_path / "iter_0000001").exists()
@@ -72,7 +70,7 @@ def test_async_save_returns_before_the_write_and_saves_a_snapshot(one_rank, gate
         for p in trainer.model.parameters():
             p.add_(1.0)
     gate.set()
-    ckpt.at_end(trainer)  # iteration already saved: only waits
+    ckpt.at_end()  # iteration already saved: only waits
     assert events == [("start", 1), ("end", 1)]
     assert (tmp_path / "latest_checkpointed_iteration.txt").read_text().strip() == "1"
 
@@ -86,9 +84,9 @@ def test_async_save_returns_before_the_write_and_saves_a_snapshot(one_rank, gate
 def test_next_save_waits_for_the_previous_write(one_rank, gated_writes, tmp_path):
     gate, events = gated_writes
     trainer, ckpt = _trainer(one_rank, tmp_path)
-    ckpt.save(trainer)
-    trainer.iteration = 2
-    second = threading.Thread(target=ckpt.save, args=(trainer,))
+    ckpt.save()
+    trainer.progress.iteration = 2
+    second = threading.Thread(target=ckpt.save)
     second.start()
     second.join(timeout=0.5)  # gives a save that does not wait the time to start its write
     assert ("start", 2) not in events
@@ -106,7 +104,7 @@ def test_async_save_frees_the_rng_state_on_the_training_thread(one_rank, gated_w
     gate, events = gated_writes
     trainer, ckpt = _trainer(one_rank, tmp_path)
     with CpuAllocationCounter() as counter:
-        ckpt.save(trainer)
+        ckpt.save()
         assert counter.allocated > 0  # the RNG state, captured here
         ckpt.before_optimizer_step()
         assert counter.allocated == 0 and not ckpt.pending.done()  # freed while the write still runs

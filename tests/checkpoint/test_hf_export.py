@@ -14,13 +14,17 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.arguments import parse_args
+from goldtron.checkpoint.commands import main as ckpt_main
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.hf_export import gpt2_config, head_major_qkv_to_gpt2, write_hf_folder
+from goldtron.checkpoint.rng_state import RankRandomState
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
 from goldtron.training import checkpointing
-from goldtron.training.checkpoint_commands import main as ckpt_main
+from goldtron.training.lr_schedule import LRSchedule
+from goldtron.training.optimizer import build_optimizer
+from goldtron.training.progress import TrainingProgress
 from support.torchrun import TINY_MODEL, run_train
 
 REAL_VOCAB = 1001  # NullTokenizer --vocab-size 1000 + eod
@@ -78,12 +82,11 @@ def test_what_gpt2_cannot_express_is_refused(tmp_path, change, named):
 def _goldtron_logits(ps, save_dir, extra_flags, tokens) -> torch.Tensor:
     """goldtron's logits [b, s, real vocab] from the checkpoint, through goldtron's own load."""
     args = parse_args(TINY_MODEL + extra_flags + ["--train-iters", "6", "--load", str(save_dir), "--finetune"])
-    args.real_vocab_size = REAL_VOCAB
-    args.padded_vocab_size = padded_vocab_size(REAL_VOCAB, args.make_vocab_size_divisible_by, 1)
     rng = DropoutRNG(args.seed, 0, 0, ps.device)
     model = GPTStage(args, ps, rng)
-    checkpointer = checkpointing.build_checkpointer(args, ps, None, rng)
-    checkpointer.load(SimpleNamespace(model=model, iteration=0))  # --finetune: iteration stays 0
+    parts = checkpointing.CheckpointParts(model, build_optimizer(model, args, ps), LRSchedule.from_args(args),
+                                          TrainingProgress(), RankRandomState(rng))
+    checkpointing.build_checkpointer(args, ps, parts).load()  # --finetune: the weights only
     model.eval()
     with torch.no_grad():
         positions = torch.arange(tokens.shape[1]).expand_as(tokens)

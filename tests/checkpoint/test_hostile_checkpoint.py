@@ -17,8 +17,8 @@ import shutil
 import pytest
 import torch
 
+from goldtron.checkpoint.commands import main as ckpt_main
 from goldtron.checkpoint.validation import find_checkpoint
-from goldtron.training.checkpoint_commands import main as ckpt_main
 from support.tiny_checkpoint import save_tiny_checkpoint, train_tiny
 
 pytestmark = pytest.mark.timeout(300)

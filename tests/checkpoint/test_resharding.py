@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from checkpoint.ckpt_runs import after, layout_run, relative, rewind
-from goldtron.training.checkpoint_commands import main as ckpt_main
+from goldtron.checkpoint.commands import main as ckpt_main
 from support.torchrun import NO_DROPOUT
 
 N, HALF = 4, 2

@@ -8,7 +8,7 @@ layout, dropout on. The even PP4 split (2,2,2,2) loads it too: same TP/PP/DP, ot
 import pytest
 
 from checkpoint.ckpt_runs import after, layout_run, relative, rewind, train_save_rewind
-from goldtron.training.checkpoint_commands import main as ckpt_main
+from goldtron.checkpoint.commands import main as ckpt_main
 from support.torchrun import NO_DROPOUT
 
 EIGHT_LAYERS = ["--num-layers", "8"]

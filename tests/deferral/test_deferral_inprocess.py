@@ -14,9 +14,10 @@ import torch
 
 import goldtron.model.output_layer as output_layer_module
 from deferral.worker_results import tensor_relative_error
-from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.arguments import parse_args
 from goldtron.model.gpt import GPTStage
 from goldtron.model.output_layer import DeferredWgradBuffer, OutputLayer
+from goldtron.parallel.collectives import BackendRelease
 from goldtron.parallel.p2p import PipelineP2P
 from goldtron.parallel.random import DropoutRNG
 from goldtron.parallel.schedule import MicroBatch, Schedule
@@ -48,7 +49,7 @@ def test_deferred_gemms_run_in_the_drain_not_in_backward(limit, monkeypatch):
     inputs, full_weight = _micro_batch_tensors(seed=limit)
     counter = _CountingWgrad(output_layer_module._wgrad)
     monkeypatch.setattr(output_layer_module, "_wgrad", counter)
-    ps = SimpleNamespace(tp_group=None)
+    ps = SimpleNamespace(tp_group=None, backend_release=BackendRelease())
 
     def layer_with(defer_limit):
         weight = torch.nn.Parameter(full_weight.clone())
@@ -92,8 +93,6 @@ def test_start_of_step_drops_what_an_interrupted_step_left():
 
 def _stage_args(extra: list[str]):
     args = parse_args([*TINY_MODEL, *NO_DROPOUT, "--train-iters", "10", *extra])
-    args.real_vocab_size = 1001  # NullTokenizer --vocab-size 1000 (+1 for the end-of-document id)
-    args.padded_vocab_size = padded_vocab_size(1001, args.make_vocab_size_divisible_by, 1)
     return args
 
 

@@ -161,7 +161,7 @@ def _rng_item(folder: Path) -> tuple[Path, int, int]:
 
 def test_mutated_checkpoint_metadata_gets_checkpoint_errors(real_checkpoint, tmp_path, capsys):
     from goldtron.checkpoint.validation import find_checkpoint
-    from goldtron.training.checkpoint_commands import main as ckpt_main
+    from goldtron.checkpoint.commands import main as ckpt_main
 
     source = real_checkpoint / ITERATION_DIR
     data_file, rng_offset, rng_length = _rng_item(source)

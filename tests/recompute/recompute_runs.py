@@ -6,7 +6,7 @@ from __future__ import annotations
 import torch
 from support.torchrun import TINY_MODEL
 
-from goldtron.arguments import padded_vocab_size, parse_args
+from goldtron.arguments import parse_args
 from goldtron.model.gpt import GPTStage
 from goldtron.model.recompute import run_layer_chunks
 from goldtron.parallel.random import DropoutRNG
@@ -25,8 +25,6 @@ def full(method: str, num_layers: int) -> list[str]:
 def build_stage(ps, extra: list[str]) -> GPTStage:
     """TINY_MODEL with dropout on, as one stage (TP1 x PP1) on `ps`."""
     args = parse_args([*TINY_MODEL, *DROPOUT_ON, "--train-iters", "10", *extra])
-    args.real_vocab_size = 1001  # NullTokenizer --vocab-size 1000 (+1 for the end-of-document id)
-    args.padded_vocab_size = padded_vocab_size(1001, args.make_vocab_size_divisible_by, 1)
     return GPTStage(args, ps, DropoutRNG(args.seed, 0, 0, ps.device))
 
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 from support.torchrun import TINY_MODEL, layout_flags, train_and_read
 
-from goldtron.arguments import ConfigError, padded_vocab_size, parse_args
+from goldtron.arguments import ConfigError, parse_args
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
 from goldtron.parallel.state import ParallelState
@@ -24,8 +24,6 @@ def _argv(flags: list[str]) -> list[str]:
 def _stage(pp_rank: int, flags: list[str]) -> GPTStage:
     """Stage `pp_rank` of the PP4 split, built in this process (no collective is needed to build it)."""
     args = parse_args(_argv(flags), world_size=4)
-    args.real_vocab_size = 1001
-    args.padded_vocab_size = padded_vocab_size(1001, args.make_vocab_size_divisible_by, 1)
     ps = ParallelState(world_size=4, rank=pp_rank, tp_size=1, pp_size=4, dp_size=1, device=torch.device("cpu"),
                        backend="gloo")
     return GPTStage(args, ps, DropoutRNG(args.seed, pp_rank, 0, ps.device))

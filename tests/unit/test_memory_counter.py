@@ -50,18 +50,19 @@ def gloo_one_rank():
 def test_collectives_return_once_the_backend_let_go_of_their_tensors(gloo_one_rank):
     """Before the fix, gloo's worker still held the tensor after ~15% of the calls here, and a
     tensor dropped right after the call (a norm, the loss pair) was freed on that thread."""
-    with CpuAllocationCounter() as counter:
+    release = collectives.BackendRelease()
+    with CpuAllocationCounter(release) as counter:
         for _ in range(1000):
             t = torch.zeros(1, dtype=torch.float64)
             before = collectives._references([t])
-            collectives.all_reduce_(t, gloo_one_rank)
+            collectives.all_reduce_(t, gloo_one_rank, release)
             assert collectives._references([t]) == before
             del t
             outputs = [torch.empty(2)]
             local = torch.ones(2)
             before = collectives._references([*outputs, local])
-            collectives.all_gather_(outputs, local)
+            collectives.all_gather_(outputs, local, None, release)
             assert collectives._references([*outputs, local]) == before
             del outputs, local
-    assert collectives._release_wait_enabled
+    assert release.enabled
     assert counter.frees_elsewhere == 0 and counter.allocated == 0

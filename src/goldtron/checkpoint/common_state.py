@@ -19,12 +19,11 @@ SCHEDULE_SETTINGS = {
 }
 
 
-def build_common_state(trainer, has_optimizer: bool, has_rng: bool) -> dict:
-    ps, args = trainer.ps, trainer.args
+def build_common_state(progress: dict, lr_schedule: dict, ps, args, has_optimizer: bool, has_rng: bool) -> dict:
+    """progress: {"iteration", "consumed_samples"}; lr_schedule: the schedule's state_dict."""
     return {
-        "iteration": trainer.iteration,
-        "consumed_samples": trainer.consumed_samples,
-        "opt_param_scheduler": trainer.lr_schedule.state_dict(),
+        **progress,
+        "opt_param_scheduler": lr_schedule,
         "layout": layout_record(ps, args),
         "contents": {"model": True, "optimizer": has_optimizer, "rng": has_rng},
         "real_vocab_size": args.real_vocab_size,

@@ -8,6 +8,8 @@ Keys (flat, one per global tensor):
     optimizer.state.step.<parameter name>             Adam's step count (a replicated scalar)
 With --use-distributed-optimizer a rank holds the Adam state of a flat range of each parameter
 and writes it as row chunks of the same global tensors (flat_range.py): the format is unchanged.
+`optimizer` here is training/optimizer.py's interface: `held_state(param)` says which part a rank
+holds, `param_groups`/`state` are the inner AdamW's (primed before a load).
 
 How a parameter maps to its global tensor:
 - `tensor_parallel_dim` None: replicated over TP; the whole tensor at offset 0 (DCP writes one copy).
@@ -98,7 +100,7 @@ def parameter_placements(model: torch.nn.Module, tp_rank: int, tp_size: int,
     return out
 
 
-def model_and_optimizer_state(placements: list[ParameterPlacement], optimizer: torch.optim.Optimizer | None,
+def model_and_optimizer_state(placements: list[ParameterPlacement], optimizer,
                               snapshot: bool) -> dict:
     """The DCP values to save. `snapshot` clones every tensor (for a background write while
     training goes on changing the live ones)."""
@@ -114,31 +116,31 @@ def model_and_optimizer_state(placements: list[ParameterPlacement], optimizer: t
 
 
 def _adam_values(place: ParameterPlacement, optimizer, copy=lambda t: t) -> dict:
-    """The DCP values of `place`'s Adam state this rank holds: the whole local tensor's, or with
-    the distributed optimizer (which has owned_piece) the owned flat range's (flat_range.py)."""
-    owned_piece = getattr(optimizer, "owned_piece", None)
-    if owned_piece is None:
-        adam, shard = optimizer.state.get(place.param), place.shard
+    """The DCP values of the Adam state this rank holds for `place`: of the whole local tensor, or
+    of a flat range of it (the distributed optimizer's owned range, flat_range.py)."""
+    held = optimizer.held_state(place.param)
+    if held is None:
+        return {}
+    if held.flat_range is None:
+        shard = place.shard
     else:
-        piece = owned_piece(place.param)
-        adam = optimizer.state.get(piece.view) if piece is not None else None
-        shard = lambda t, copy=copy: flat_range_shard(place, piece.start, piece.end, copy(t))  # noqa: E731
+        start, end = held.flat_range
+        shard = lambda t, copy=copy: flat_range_shard(place, start, end, copy(t))  # noqa: E731
     values: dict = {}
-    if adam:
-        for kind in ADAM_MOMENTS:
-            value = shard(adam[kind], copy)
-            if value is not None:  # None: a range of padded vocabulary rows only
-                values[optimizer_key(kind, place.saved_name)] = value
-        if values:
-            values[optimizer_key("step", place.saved_name)] = copy(adam["step"])
+    for kind in ADAM_MOMENTS:
+        value = shard(held.adam[kind], copy)
+        if value is not None:  # None: a range of padded vocabulary rows only
+            values[optimizer_key(kind, place.saved_name)] = value
+    if values:
+        values[optimizer_key("step", place.saved_name)] = copy(held.adam["step"])
     return values
 
 
-def has_optimizer_state(optimizer: torch.optim.Optimizer) -> bool:
+def has_optimizer_state(optimizer) -> bool:
     return any(optimizer.state.get(p) for group in optimizer.param_groups for p in group["params"])
 
 
-def _prime_adam_state(optimizer: torch.optim.Optimizer) -> None:
+def _prime_adam_state(optimizer) -> None:
     """Create Adam's per-parameter state (as its first step would) so DCP can load into it."""
     for group in optimizer.param_groups:
         if group.get("amsgrad"):
@@ -152,7 +154,7 @@ def _prime_adam_state(optimizer: torch.optim.Optimizer) -> None:
                 state["exp_avg_sq"] = torch.zeros_like(p, memory_format=torch.preserve_format)
 
 
-def load_targets(placements: list[ParameterPlacement], optimizer: torch.optim.Optimizer | None) -> dict:
+def load_targets(placements: list[ParameterPlacement], optimizer) -> dict:
     """DCP values that load straight into the live parameters (and Adam state, when given)."""
     state: dict = {}
     for place in placements:

@@ -36,3 +36,16 @@ def restore(state: dict, dropout_rng: DropoutRNG) -> None:
     if "cuda" in state and torch.cuda.is_available():
         torch.cuda.set_rng_state(state["cuda"])
     dropout_rng.load_state_dict(state["dropout"])
+
+
+class RankRandomState:
+    """This rank's random streams as one checkpoint part (state_dict / load_state_dict)."""
+
+    def __init__(self, dropout_rng: DropoutRNG):
+        self.dropout_rng = dropout_rng
+
+    def state_dict(self) -> dict:
+        return capture(self.dropout_rng)
+
+    def load_state_dict(self, state: dict) -> None:
+        restore(state, self.dropout_rng)  # looked up at call time: the flagship's RNG mutant replaces it

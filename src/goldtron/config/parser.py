@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 
+from goldtron import megatron_defaults
 from goldtron.config.errors import ConfigError
 from goldtron.config.megatron_flags import NO_EFFECT_FLAGS
 
@@ -112,7 +113,7 @@ def _add_training_flags(g) -> None:
     g.add_argument("--train-iters", type=int, default=None, help="required")
     g.add_argument("--exit-interval", type=int, default=None,
                    help="exit after the iteration that is a multiple of this")
-    g.add_argument("--seed", type=int, default=1234, help="seed of init, dropout and data order")
+    g.add_argument("--seed", type=int, default=megatron_defaults.SEED, help="seed of init, dropout and data order")
     g.add_argument("--deterministic-mode", action="store_true", help="torch deterministic algorithms")
     g.add_argument("--lr", type=float, default=None, help="peak learning rate (required)")
     g.add_argument("--min-lr", type=float, default=0.0, help="LR at the end of decay")
@@ -192,7 +193,7 @@ def _add_checkpoint_flags(g) -> None:
 def _add_data_flags(g) -> None:
     g.add_argument("--data-path", nargs="+", default=None,
                    help="one dataset prefix, or weight-prefix pairs: 0.3 A 0.7 B")
-    g.add_argument("--split", default="969,30,1", help="train,validation,test document weights")
+    g.add_argument("--split", default=megatron_defaults.SPLIT, help="train,validation,test document weights")
     g.add_argument("--vocab-file", default=None, help="GPT-2 vocab.json")
     g.add_argument("--merge-file", default=None, help="GPT-2 merges.txt")
     g.add_argument("--tokenizer-type", default=None,

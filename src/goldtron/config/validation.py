@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from goldtron.config.errors import ConfigError
+from goldtron.data.tokenizer import vocab_size_of
 from goldtron.model.pipeline_split import PipelineSplit, describe_split, split_problems, stage_layer_counts
 
 SUPPORTED_BACKENDS = ("nccl", "gloo")
@@ -361,6 +362,11 @@ def _complete_data_and_tokenizer(args, problems: _Problems) -> None:
                      "(then GPT-2's own BPE files, shipped with the package, are used).")
     elif args.tokenizer_type == "NullTokenizer" and args.vocab_size is None:
         problems.add("--tokenizer-type NullTokenizer needs --vocab-size V.")
+    else:
+        # The model's vocabulary: the tokenizer's ids (real rows) and the TP-dependent padding.
+        args.real_vocab_size = vocab_size_of(args.tokenizer_type, args.vocab_file, args.vocab_size)
+        args.padded_vocab_size = padded_vocab_size(args.real_vocab_size, args.make_vocab_size_divisible_by,
+                                                   args.tensor_model_parallel_size)
 
 
 def _check_weighted_data_path(data_path: list[str], problems: _Problems) -> None:

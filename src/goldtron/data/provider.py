@@ -22,6 +22,7 @@ from typing import Callable
 
 import numpy as np
 
+from goldtron import megatron_defaults
 from goldtron.data.blended_dataset import BlendedDataset, build_blending_indices, samples_per_dataset
 from goldtron.data.corpus import corpus_root_for, default_data_dir, ensure_embedded_corpus
 from goldtron.data.errors import DataError
@@ -31,8 +32,6 @@ from goldtron.data.indexed_dataset import IndexedDataset
 from goldtron.data.mock_documents import MockDocuments
 from goldtron.data.split import SPLIT_NAMES, parse_split, split_document_ranges
 from goldtron.data.tokenizer import GPT2_VOCAB_SIZE, make_tokenizer
-
-MEGATRON_DEFAULT_SPLIT = "969, 30, 1"
 
 
 def _build_corpus_if_named(path) -> None:
@@ -170,7 +169,7 @@ def _with_megatron_defaults(args):
     import argparse
 
     resolved = argparse.Namespace(**vars(args))
-    for name, default in (("seed", 1234), ("split", MEGATRON_DEFAULT_SPLIT), ("data_cache_path", None),
+    for name, default in (("seed", megatron_defaults.SEED), ("split", megatron_defaults.SPLIT), ("data_cache_path", None),
                           ("mock_data", False), ("data_path", None)):
         if getattr(resolved, name, None) is None:
             setattr(resolved, name, default)

@@ -12,6 +12,7 @@ Only the tokenizer's `eod` id (50256) marks the end of a document.
 from __future__ import annotations
 
 import importlib.resources
+import json
 import os
 from pathlib import Path
 
@@ -98,6 +99,21 @@ class NullTokenizer:
 
 
 TOKENIZER_TYPES = ("GPT2BPETokenizer", "NullTokenizer")
+
+
+def vocab_size_of(tokenizer_type: str, vocab_file=None, vocab_size=None) -> int:
+    """The vocabulary size the tokenizer `make_tokenizer` builds will have, without building it
+    (validation sizes the model from it). GPT-2 BPE: the entries of --vocab-file when it exists;
+    GPT-2's own size for the packaged files and for the embedded corpus's copy of them (built later)."""
+    if tokenizer_type == "NullTokenizer":
+        return int(vocab_size) + 1  # the extra id is eod (NullTokenizer)
+    if vocab_file is None or not Path(vocab_file).is_file():
+        return GPT2_VOCAB_SIZE
+    try:
+        with open(vocab_file, encoding="utf-8") as f:
+            return len(json.load(f))
+    except (OSError, ValueError):
+        return GPT2_VOCAB_SIZE  # not a vocab.json: building the tokenizer says so, naming the file
 
 
 def make_tokenizer(tokenizer_type: str, vocab_file=None, merge_file=None, vocab_size=None):

@@ -20,13 +20,14 @@ import math
 from dataclasses import dataclass, field, replace
 from typing import Literal
 
+from goldtron import trainer_contract as tags
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.golden import Golden, MetricSeries
 
 CheckKind = Literal["exact", "approximate", "band"]
 Status = Literal["pass", "fail", "skip", "error"]
-DEFAULT_METRICS = ("lm loss", "num-zeros")
-MEDIAN_METRIC = "iteration-time"
+DEFAULT_METRICS = (tags.LM_LOSS, tags.NUM_ZEROS)
+MEDIAN_METRIC = tags.ITERATION_TIME
 
 
 @dataclass(frozen=True)
@@ -47,11 +48,11 @@ class Check:
 
 # Megatron's thresholds per metric.
 DEFAULT_CHECKS: dict[str, tuple[Check, ...]] = {
-    "lm loss": (Check("exact"), Check("approximate", rtol=0.05)),
-    "num-zeros": (Check("exact"), Check("approximate", rtol=0.20)),
-    "iteration-time": (Check("approximate", rtol=0.05),),
-    "mem-allocated-bytes": (Check("approximate", rtol=0.05),),
-    "mem-max-allocated-bytes": (Check("approximate", rtol=0.05),),
+    tags.LM_LOSS: (Check("exact"), Check("approximate", rtol=0.05)),
+    tags.NUM_ZEROS: (Check("exact"), Check("approximate", rtol=0.20)),
+    tags.ITERATION_TIME: (Check("approximate", rtol=0.05),),
+    tags.MEM_ALLOCATED: (Check("approximate", rtol=0.05),),
+    tags.MEM_MAX_ALLOCATED: (Check("approximate", rtol=0.05),),
 }
 OVERRIDE_KEYS = ("exact", "approx_rtol", "approx_atol")
 

@@ -95,7 +95,7 @@ def _test_parser() -> _Parser:
 @_guarded
 def test_main(argv: list[str]) -> int:
     """goldtron test CASE_DIR [--environment E] [--platform P] [--record] [--output-dir D] ..."""
-    from goldtron.gate.gate_test import TestRequest, run_test
+    from goldtron.gate.exam import TestRequest, run_test
 
     args = _test_parser().parse_args(argv)
     return run_test(TestRequest.from_args(args, command=["goldtron", "test", *argv]))

@@ -19,6 +19,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal, Union
 
+from goldtron import trainer_contract as tags
 from goldtron.gate.errors import GateInputError
 
 # A golden value: a number, or the string "nan" (missing / non-finite).
@@ -28,7 +29,7 @@ DECIMALS = 5
 SERIES_KEYS = ("start_step", "end_step", "step_interval", "values")
 Layout = Literal["indented", "compact"]
 # The metrics Megatron records in a golden file, in its order.
-RECORDED_METRICS = ("lm loss", "num-zeros", "mem-allocated-bytes", "mem-max-allocated-bytes", "iteration-time")
+RECORDED_METRICS = (tags.LM_LOSS, tags.NUM_ZEROS, tags.MEM_ALLOCATED, tags.MEM_MAX_ALLOCATED, tags.ITERATION_TIME)
 
 
 @dataclass

@@ -22,6 +22,7 @@ from pathlib import Path
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.interrupts import GateInterrupted
 from goldtron.gate.progress import parse_progress
+from goldtron.trainer_contract import EXIT_CONFIG_ERROR
 
 PYTHON_NAMES = ("python", "python3")
 KILL_GRACE_S = 5.0
@@ -120,7 +121,7 @@ class PhaseOutcome:
     @property
     def config_error(self) -> bool:
         """The trainer rejected its configuration (its exit code 2)."""
-        return self.rank_exit_code == 2
+        return self.rank_exit_code == EXIT_CONFIG_ERROR
 
     def describe_failure(self) -> str:
         if self.timed_out:

@@ -6,13 +6,10 @@ live line; in a log file (CI) it prints one line per phase start/end and every 1
 
 from __future__ import annotations
 
-import os
-import re
 import time
 from dataclasses import dataclass
 
-ITERATION = re.compile(r"iteration\s+(\d+)/\s*(\d+)")
-LOSS = re.compile(r"lm loss: (\S+)")
+from goldtron.trainer_contract import ITERATION_PATTERN, LOSS_PATTERN
 
 
 @dataclass
@@ -23,10 +20,10 @@ class ProgressLine:
 
 
 def parse_progress(line: str) -> ProgressLine | None:
-    match = ITERATION.search(line)
+    match = ITERATION_PATTERN.search(line)
     if not match:
         return None
-    loss = LOSS.search(line)
+    loss = LOSS_PATTERN.search(line)
     return ProgressLine(int(match.group(1)), int(match.group(2)), loss.group(1) if loss else None)
 
 
@@ -101,11 +98,4 @@ class PhaseProgress:
             self._live = None
         self.console.print(f"[{self.phase}] {outcome} after {_clock(time.monotonic() - self.started)}",
                            soft_wrap=True, markup=False)
-
-
-def quiet_progress() -> PhaseProgress:
-    """Progress that writes nowhere (library use and tests)."""
-    from rich.console import Console
-
-    return PhaseProgress(Console(file=open(os.devnull, "w")), live=False)
 

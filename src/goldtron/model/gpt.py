@@ -91,7 +91,12 @@ class GPTStage(nn.Module):
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-token fp32 loss [b, s] from the last stage's hidden."""
         logits = self.output_layer(hidden)
-        return vocab_parallel_cross_entropy(logits, labels, self.vocab_start, self.ps.tp_group)
+        return vocab_parallel_cross_entropy(logits, labels, self.vocab_start, self.ps.tp_group, self.ps.backend_release)
+
+    def start_deferred_wgrads(self) -> None:
+        """A new step: nothing deferred may carry over from an interrupted one."""
+        if self.output_layer is not None and self.output_layer.deferred is not None:
+            self.output_layer.deferred.start_step()
 
     def drain_deferred_wgrads(self) -> None:
         if self.output_layer is not None:

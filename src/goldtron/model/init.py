@@ -29,17 +29,3 @@ def normal_full(seed: int, name: str, shape: tuple[int, ...], std: float) -> tor
 def output_projection_std(init_method_std: float, num_layers: int) -> float:
     """Megatron scales the init of attention-out and fc2 by 1/sqrt(2L) (residual-stream growth)."""
     return init_method_std / math.sqrt(2.0 * num_layers)
-
-
-def shard(full: torch.Tensor, dim: int, rank: int, world: int) -> torch.Tensor:
-    """This rank's contiguous slice of `full` along `dim` (sizes are validated to divide)."""
-    size = full.shape[dim] // world
-    return full.narrow(dim, rank * size, size).clone()
-
-
-def shard_blocks(full: torch.Tensor, dim: int, rank: int, world: int, blocks: int) -> torch.Tensor:
-    """`full` is `blocks` equal blocks along `dim` (SwiGLU's fc1: [gate; up]); this rank's slice of
-    each, concatenated in block order, so every rank holds matching rows of every block."""
-    if blocks == 1:
-        return shard(full, dim, rank, world)
-    return torch.cat([shard(block, dim, rank, world) for block in full.chunk(blocks, dim)], dim)

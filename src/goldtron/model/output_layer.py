@@ -84,7 +84,7 @@ class OutputLayer(nn.Module):
     def __init__(self, weight: nn.Parameter, ps, compute_dtype: torch.dtype, defer_limit: int | None):
         super().__init__()
         self.weight = weight
-        self.tp_group = ps.tp_group
+        self.tp_group, self.release = ps.tp_group, ps.backend_release
         self.compute_dtype = compute_dtype
         self.deferred = None if defer_limit is None else DeferredWgradBuffer(defer_limit)
 
@@ -92,7 +92,7 @@ class OutputLayer(nn.Module):
         return weight.detach()[: weight.real_rows].to(self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = copy_to_tensor_parallel(x, self.tp_group)
+        x = copy_to_tensor_parallel(x, self.tp_group, self.release)
         return _OutputLinear.apply(x, self.weight, self)
 
     @torch.no_grad()

@@ -17,71 +17,74 @@ RELEASE_WAIT_LIMIT_S = 1.0
 # A real sleep, not sleep(0): with sleep(0) this thread takes the GIL straight back and the worker
 # waits out the interpreter's 5 ms switch interval (measured: steps ~10% slower, TP2 on 2 ranks).
 SPIN_SLEEP_S = 1e-5
-_release_wait_enabled = True  # off for good once a backend kept references past RELEASE_WAIT_LIMIT_S
-_exact_frees_wanted = 0  # CPU memory counters running (training/memory.py): only they need the wait
-
-
-def want_exact_frees(on: bool) -> None:
-    """Called by the CPU memory counter as it starts (True) and stops (False). The wait costs ~1%
-    of a step with many small collectives (measured: TP2, 83 collectives a step, 40 us each), so
-    runs that do not count memory skip it."""
-    global _exact_frees_wanted
-    _exact_frees_wanted += 1 if on else -1
 
 
 def _references(tensors: list[torch.Tensor]) -> list[tuple[int, int]]:
-    """(C++ references, Python references) of each tensor; see wait_for_backend_release."""
+    """(C++ references, Python references) of each tensor; see BackendRelease.wait."""
     return [(tensors[i]._use_count(), sys.getrefcount(tensors[i])) for i in range(len(tensors))]
 
 
-def wait_for_backend_release(tensors: list[torch.Tensor], before: list[tuple[int, int]]) -> None:
-    """Return once the backend holds no reference to `tensors` (`before`: _references(tensors)
-    taken before the collective, on the same list).
+class BackendRelease:
+    """Whether a collective returns only once the backend let go of its tensors. One per process,
+    held by ParallelState and passed to every collective here; the CPU memory counter
+    (training/memory.py) switches it on while it runs. The wait costs ~1% of a step with many
+    small collectives (measured: TP2, 83 collectives a step, 40 us each), so runs that do not
+    count memory skip it."""
 
-    gloo runs a collective on a worker thread, which keeps references to the tensors for a moment
-    after the caller's wait() has returned, and when it drops the last C++ one it also drops a
-    reference to the tensor's Python object (torch keeps the Python object alive while C++ holds
-    the tensor). A tensor the caller lets go of inside that window is therefore freed on the worker
-    thread, at a moment that differs from run to run, and the CPU memory counter
-    (training/memory.py) reported different bytes for identical runs. Waiting here (almost always
-    zero iterations) keeps the caller the last owner: every storage is freed at the same point of
-    the program on every run.
-    """
-    global _release_wait_enabled
-    if not (_exact_frees_wanted and _release_wait_enabled):
-        return
-    deadline = None
-    for i, (uses, refs) in enumerate(before):  # indexing, not iterating: no extra reference to count
-        while tensors[i]._use_count() > uses or sys.getrefcount(tensors[i]) > refs:
-            if deadline is None:
-                deadline = time.monotonic() + RELEASE_WAIT_LIMIT_S
-            elif time.monotonic() > deadline:  # a backend that keeps references: do not stall every call
-                _release_wait_enabled = False
-                warnings.warn("the distributed backend keeps references to collective tensors; "
-                              "CPU memory metrics may differ between identical runs", stacklevel=2)
-                return
-            time.sleep(SPIN_SLEEP_S)  # releases the GIL, which the worker needs to drop its references
+    def __init__(self) -> None:
+        self.wanted = 0  # CPU memory counters running: only they need the wait
+        self.enabled = True  # off for good once a backend kept references past RELEASE_WAIT_LIMIT_S
+
+    def want_exact_frees(self, on: bool) -> None:
+        self.wanted += 1 if on else -1
+
+    def wait(self, tensors: list[torch.Tensor], before: list[tuple[int, int]]) -> None:
+        """Return once the backend holds no reference to `tensors` (`before`: _references(tensors)
+        taken before the collective, on the same list).
+
+        gloo runs a collective on a worker thread, which keeps references to the tensors for a
+        moment after the caller's wait() has returned, and when it drops the last C++ one it also
+        drops a reference to the tensor's Python object (torch keeps the Python object alive while
+        C++ holds the tensor). A tensor the caller lets go of inside that window is therefore freed
+        on the worker thread, at a moment that differs from run to run, and the CPU memory counter
+        reported different bytes for identical runs. Waiting here (almost always zero iterations)
+        keeps the caller the last owner: every storage is freed at the same point of the program on
+        every run.
+        """
+        if not (self.wanted and self.enabled):
+            return
+        deadline = None
+        for i, (uses, refs) in enumerate(before):  # indexing, not iterating: no extra reference to count
+            while tensors[i]._use_count() > uses or sys.getrefcount(tensors[i]) > refs:
+                if deadline is None:
+                    deadline = time.monotonic() + RELEASE_WAIT_LIMIT_S
+                elif time.monotonic() > deadline:  # a backend that keeps references: do not stall every call
+                    self.enabled = False
+                    warnings.warn("the distributed backend keeps references to collective tensors; "
+                                  "CPU memory metrics may differ between identical runs", stacklevel=2)
+                    return
+                time.sleep(SPIN_SLEEP_S)  # releases the GIL, which the worker needs to drop its references
 
 
-def all_reduce_(tensor: torch.Tensor, group, op=dist.ReduceOp.SUM) -> torch.Tensor:
+def all_reduce_(tensor: torch.Tensor, group, release: BackendRelease, op=dist.ReduceOp.SUM) -> torch.Tensor:
     if group is not None:
         tensors = [tensor]
         before = _references(tensors)
         dist.all_reduce(tensor, op=op, group=group)
-        wait_for_backend_release(tensors, before)
+        release.wait(tensors, before)
     return tensor
 
 
-def all_gather_(outputs: list[torch.Tensor], tensor: torch.Tensor, group=None) -> list[torch.Tensor]:
-    """dist.all_gather into `outputs`, released like all_reduce_'s tensors (wait_for_backend_release)."""
+def all_gather_(outputs: list[torch.Tensor], tensor: torch.Tensor, group, release: BackendRelease) -> list[torch.Tensor]:
+    """dist.all_gather into `outputs` (group None: every rank), released like all_reduce_'s tensors."""
     tensors = [*outputs, tensor]
     before = _references(tensors)
     dist.all_gather(outputs, tensor, group=group)
-    wait_for_backend_release(tensors, before)
+    release.wait(tensors, before)
     return outputs
 
 
-def all_reduce_flat_(tensors: list[torch.Tensor], group, op=dist.ReduceOp.SUM) -> None:
+def all_reduce_flat_(tensors: list[torch.Tensor], group, release: BackendRelease, op=dist.ReduceOp.SUM) -> None:
     """All-reduce many tensors as one flat buffer: one collective instead of many.
 
     gloo's per-call latency dominates small tensors (DESIGN.md: ~6 ms per call with 4 ranks
@@ -94,7 +97,7 @@ def all_reduce_flat_(tensors: list[torch.Tensor], group, op=dist.ReduceOp.SUM) -
         by_dtype.setdefault(t.dtype, []).append(t)
     for same in by_dtype.values():
         flat = torch.cat([t.reshape(-1) for t in same])
-        all_reduce_(flat, group, op)
+        all_reduce_(flat, group, release, op)
         offset = 0
         for t in same:
             n = t.numel()
@@ -106,53 +109,54 @@ class _CopyToTensorParallel(torch.autograd.Function):
     """Identity forward; all-reduce of the input-gradient backward (column-parallel input)."""
 
     @staticmethod
-    def forward(ctx, x, group):
-        ctx.group = group
+    def forward(ctx, x, group, release):
+        ctx.group, ctx.release = group, release
         return x
 
     @staticmethod
     def backward(ctx, grad):
-        return all_reduce_(grad.contiguous(), ctx.group), None
+        return all_reduce_(grad.contiguous(), ctx.group, ctx.release), None, None
 
 
 class _ReduceFromTensorParallel(torch.autograd.Function):
     """All-reduce forward (row-parallel output); identity backward."""
 
     @staticmethod
-    def forward(ctx, x, group):
+    def forward(ctx, x, group, release):
         # A fresh buffer: the input may still be needed by autograd elsewhere.
-        return all_reduce_(x.clone(memory_format=torch.contiguous_format), group)
+        return all_reduce_(x.clone(memory_format=torch.contiguous_format), group, release)
 
     @staticmethod
     def backward(ctx, grad):
-        return grad, None
+        return grad, None, None
 
 
-def copy_to_tensor_parallel(x: torch.Tensor, group) -> torch.Tensor:
-    return x if group is None else _CopyToTensorParallel.apply(x, group)
+def copy_to_tensor_parallel(x: torch.Tensor, group, release: BackendRelease) -> torch.Tensor:
+    return x if group is None else _CopyToTensorParallel.apply(x, group, release)
 
 
-def reduce_from_tensor_parallel(x: torch.Tensor, group) -> torch.Tensor:
-    return x if group is None else _ReduceFromTensorParallel.apply(x, group)
+def reduce_from_tensor_parallel(x: torch.Tensor, group, release: BackendRelease) -> torch.Tensor:
+    return x if group is None else _ReduceFromTensorParallel.apply(x, group, release)
 
 
 
-def _flat_collective(collective, output: torch.Tensor, source: torch.Tensor, group) -> torch.Tensor:
+def _flat_collective(collective, output: torch.Tensor, source: torch.Tensor, group,
+                     release: BackendRelease) -> torch.Tensor:
     """collective(output, source) on `group`, released like all_reduce_'s; a copy on one rank."""
     if group is None:
         return output.copy_(source)
     tensors = [output, source]
     before = _references(tensors)
     collective(output, source, group=group)
-    wait_for_backend_release(tensors, before)
+    release.wait(tensors, before)
     return output
 
 
-def reduce_scatter_(output: torch.Tensor, flat: torch.Tensor, group) -> torch.Tensor:
+def reduce_scatter_(output: torch.Tensor, flat: torch.Tensor, group, release: BackendRelease) -> torch.Tensor:
     """Sum `flat` over `group`; this rank keeps its contiguous 1/size of the result in `output`."""
-    return _flat_collective(dist.reduce_scatter_single, output, flat, group)
+    return _flat_collective(dist.reduce_scatter_single, output, flat, group, release)
 
 
-def all_gather_flat_(output: torch.Tensor, shard: torch.Tensor, group) -> torch.Tensor:
+def all_gather_flat_(output: torch.Tensor, shard: torch.Tensor, group, release: BackendRelease) -> torch.Tensor:
     """Concatenate every rank's `shard` (rank order) into `output`."""
-    return _flat_collective(dist.all_gather_single, output, shard, group)
+    return _flat_collective(dist.all_gather_single, output, shard, group, release)

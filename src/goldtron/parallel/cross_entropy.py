@@ -10,12 +10,12 @@ from __future__ import annotations
 import torch
 import torch.distributed as dist
 
-from goldtron.parallel.collectives import all_reduce_
+from goldtron.parallel.collectives import BackendRelease, all_reduce_
 
 
 class _VocabParallelCrossEntropy(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, vocab_start: int, group):
+    def forward(ctx, logits: torch.Tensor, target: torch.Tensor, vocab_start: int, group, release):
         logits = logits.float()
         if logits.shape[-1] == 0:
             # A tiny vocabulary over a large TP leaves some ranks only padding: no real logits.
@@ -23,7 +23,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         else:
             local_max = logits.amax(dim=-1)
         # Subtract the global max for a stable exp (all ranks must subtract the same number).
-        logits_max = all_reduce_(local_max, group, op=dist.ReduceOp.MAX)
+        logits_max = all_reduce_(local_max, group, release, op=dist.ReduceOp.MAX)
         shifted = logits - logits_max.unsqueeze(-1)
 
         local_target = target - vocab_start
@@ -37,7 +37,7 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
         exp = shifted.exp_()  # in place: `shifted` is ours and no longer needed as logits
         sum_exp = exp.sum(dim=-1)
         # One collective for both sums (gloo latency dominates small messages).
-        both = all_reduce_(torch.stack([target_logit, sum_exp]), group)
+        both = all_reduce_(torch.stack([target_logit, sum_exp]), group, release)
         target_logit, sum_exp = both[0], both[1]
         loss = sum_exp.log() - target_logit
 
@@ -53,9 +53,10 @@ class _VocabParallelCrossEntropy(torch.autograd.Function):
             inside = (~outside).to(grad.dtype)
             grad.scatter_add_(-1, local_target.unsqueeze(-1), -inside.unsqueeze(-1))
         grad.mul_(grad_loss.unsqueeze(-1))
-        return grad, None, None, None
+        return grad, None, None, None, None
 
 
-def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, vocab_start: int, group) -> torch.Tensor:
+def vocab_parallel_cross_entropy(logits: torch.Tensor, target: torch.Tensor, vocab_start: int, group,
+                                 release: BackendRelease) -> torch.Tensor:
     """Per-token loss (fp32) for logits [..., V_local] holding vocabulary ids [vocab_start, +V_local)."""
-    return _VocabParallelCrossEntropy.apply(logits, target, vocab_start, group)
+    return _VocabParallelCrossEntropy.apply(logits, target, vocab_start, group, release)

@@ -2,8 +2,9 @@
 
 1F1B on stage s of P with M micro-batches (Megatron's counts): warmup = min(P - s - 1, M)
 forwards, then M - warmup steady (one forward, one backward) slots, then warmup cooldown
-backwards. The deferred LM-head weight-gradients are drained right after the cooldown, before
-the caller reduces gradients.
+backwards. The schedule owns the step's deferral of the LM-head weight-gradients: `train_step`
+starts it (nothing carries over), backward keeps the GEMMs, and they are drained right after the
+cooldown, so the caller's gradient reduction sees whole gradients.
 """
 
 from __future__ import annotations
@@ -81,9 +82,14 @@ class Schedule:
 
     # ---- whole step ----------------------------------------------------------------------
     def train_step(self, micro_batches: list[MicroBatch]) -> StepLoss:
+        """Forward and backward of every micro-batch, then the drain of the deferred wgrads."""
+        self.model.start_deferred_wgrads()
         if self.ps.pp_size == 1:
-            return self._no_pipelining(micro_batches)
-        return self._one_f_one_b(micro_batches)
+            loss = self._no_pipelining(micro_batches)
+        else:
+            loss = self._one_f_one_b(micro_batches)
+        self.drain_deferred_wgrads()
+        return loss
 
     def _no_pipelining(self, micro_batches: list[MicroBatch]) -> StepLoss:
         loss, m = StepLoss(), len(micro_batches)

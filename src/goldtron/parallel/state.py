@@ -16,6 +16,8 @@ from dataclasses import dataclass, field
 import torch
 import torch.distributed as dist
 
+from goldtron.parallel.collectives import BackendRelease
+
 
 @dataclass
 class ParallelState:
@@ -35,6 +37,8 @@ class ParallelState:
     embedding_group: dist.ProcessGroup | None = None
     pp_ranks: list[int] = field(default_factory=list)
     embedding_ranks: list[int] = field(default_factory=list)
+    # Passed to every collective: whether it waits for the backend to let go of its tensors.
+    backend_release: BackendRelease = field(default_factory=BackendRelease, compare=False, repr=False)
 
     # ---- coordinates -------------------------------------------------------------------
     @property

@@ -1,7 +1,7 @@
 """Tensor-parallel layers: each rank holds a slice of the full weight and communicates over TP.
 
-Every layer is built from the *full* weight (see model/init.py) and keeps its own shard, so
-the same seed gives the same model under any layout. Parameters carry two attributes that the
+Every layer is built from the *full* weight (drawn by model/init.py) and keeps its own shard
+(parallel/tp_slicing.py), so the same seed gives the same model under any layout. Parameters carry two attributes that the
 optimizer, norms and checkpoints read:
 - `tensor_parallel_dim`: the dim along which the full tensor is split over TP (None = replicated);
 - `tensor_parallel_blocks`: how many equal blocks along that dim are split over TP on their own
@@ -16,9 +16,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from goldtron.model.init import shard, shard_blocks
 from goldtron.parallel.collectives import copy_to_tensor_parallel, reduce_from_tensor_parallel
 from goldtron.parallel.state import ParallelState
+from goldtron.parallel.tp_slicing import shard, shard_blocks
 
 
 def make_parameter(tensor: torch.Tensor, device: torch.device, tensor_parallel_dim: int | None,
@@ -39,7 +39,7 @@ class ColumnParallelLinear(nn.Module):
     def __init__(self, full_weight: torch.Tensor, full_bias: torch.Tensor | None, ps: ParallelState,
                  compute_dtype: torch.dtype, blocks: int = 1):
         super().__init__()
-        self.tp_group = ps.tp_group
+        self.tp_group, self.release = ps.tp_group, ps.backend_release
         self.compute_dtype = compute_dtype
         self.weight = make_parameter(shard_blocks(full_weight, 0, ps.tp_rank, ps.tp_size, blocks), ps.device, 0,
                                      blocks)
@@ -49,7 +49,7 @@ class ColumnParallelLinear(nn.Module):
                                        blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = copy_to_tensor_parallel(x, self.tp_group)
+        x = copy_to_tensor_parallel(x, self.tp_group, self.release)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
         return F.linear(x, self.weight.to(self.compute_dtype), bias)
 
@@ -60,14 +60,14 @@ class RowParallelLinear(nn.Module):
     def __init__(self, full_weight: torch.Tensor, full_bias: torch.Tensor | None, ps: ParallelState,
                  compute_dtype: torch.dtype):
         super().__init__()
-        self.tp_group = ps.tp_group
+        self.tp_group, self.release = ps.tp_group, ps.backend_release
         self.compute_dtype = compute_dtype
         self.weight = make_parameter(shard(full_weight, 1, ps.tp_rank, ps.tp_size), ps.device, 1)
         self.bias = None if full_bias is None else make_parameter(full_bias, ps.device, None)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         partial = F.linear(x, self.weight.to(self.compute_dtype))
-        out = reduce_from_tensor_parallel(partial, self.tp_group)
+        out = reduce_from_tensor_parallel(partial, self.tp_group, self.release)
         if self.bias is not None:
             out = out + self.bias.to(self.compute_dtype)
         return out
@@ -97,7 +97,7 @@ class VocabParallelEmbedding(nn.Module):
 
     def __init__(self, full_real: torch.Tensor, padded_vocab: int, ps: ParallelState, compute_dtype: torch.dtype):
         super().__init__()
-        self.tp_group = ps.tp_group
+        self.tp_group, self.release = ps.tp_group, ps.backend_release
         self.compute_dtype = compute_dtype
         self.vocab_start, self.vocab_end, _ = vocab_range(padded_vocab, full_real.shape[0], ps)
         self.weight = vocab_parallel_weight(full_real, padded_vocab, ps)
@@ -108,4 +108,4 @@ class VocabParallelEmbedding(nn.Module):
         outside = (ids < self.vocab_start) | (ids >= self.vocab_end)
         local_ids = (ids - self.vocab_start).masked_fill(outside, 0)
         out = F.embedding(local_ids, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
-        return reduce_from_tensor_parallel(out, self.tp_group).to(self.compute_dtype)
+        return reduce_from_tensor_parallel(out, self.tp_group, self.release).to(self.compute_dtype)

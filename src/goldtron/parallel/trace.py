@@ -1,14 +1,22 @@
 """Per-rank record of what the pipeline schedule did and when: forward, backward, the deferred
 weight-gradient drain, and time spent waiting on p2p transfers. Feeds the timers written to
-TensorBoard and the pipeline timeline picture."""
+TensorBoard and the pipeline timeline picture.
+
+This module owns the trace file format: `<tensorboard dir>/pipeline_trace/rank{r}.jsonl`, one
+JSON line per step (`append_step` writes it, `read_steps` reads it, `goldtron timeline` draws it).
+"""
 
 from __future__ import annotations
 
+import json
+import os
 import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
+from pathlib import Path
 
 KINDS = ("forward", "backward", "wgrad-drain", "p2p-wait", "grad-reduce", "optimizer")
+TRACE_FOLDER = "pipeline_trace"
 
 
 @dataclass
@@ -48,3 +56,28 @@ class StepTrace:
             "end": self.end,
             "spans": [[s.kind, s.micro_batch, s.start - self.start, s.end - self.start] for s in self.spans],
         }
+
+
+def append_step(tensorboard_dir: str, trace: StepTrace, iteration: int, ps) -> None:
+    """This rank's spans of step `iteration` as one line of its trace file (one file per rank)."""
+    folder = os.path.join(tensorboard_dir, TRACE_FOLDER)
+    os.makedirs(folder, exist_ok=True)
+    record = dict(trace.to_json(ps.rank), iteration=iteration, pp_rank=ps.pp_rank, tp_rank=ps.tp_rank,
+                  dp_rank=ps.dp_rank)
+    with open(os.path.join(folder, f"rank{ps.rank}.jsonl"), "a") as f:
+        f.write(json.dumps(record) + "\n")
+
+
+def trace_files(folder: Path) -> list[Path]:
+    return sorted(folder.glob("rank*.jsonl"))
+
+
+def read_steps(folder: Path) -> dict[int, dict[int, dict]]:
+    """{rank: {iteration: record}} from every trace file in `folder` (a pipeline_trace folder)."""
+    by_rank: dict[int, dict[int, dict]] = {}
+    for file in trace_files(folder):
+        for line in file.read_text().splitlines():
+            if line.strip():
+                record = json.loads(line)
+                by_rank.setdefault(record["rank"], {})[record["iteration"]] = record
+    return by_rank

@@ -1,11 +1,16 @@
 """torch_dist checkpoints for the training loop: what main.py and the loop call.
 
-    checkpointer = build_checkpointer(args, ps, trainer, rng)   # None without --save/--load
-    checkpointer.load(trainer)        # before training: restore, or say "starting from scratch"
-    checkpointer.after_step(trainer)  # save every --save-interval iterations
+    checkpointer = build_checkpointer(args, ps, parts)  # NullCheckpointer without --save/--load
+    checkpointer.load()                   # before training: restore, or say "starting from scratch"
+    checkpointer.after_step()             # save every --save-interval iterations
     checkpointer.before_optimizer_step()  # --async-save: wait until the background copy exists
-    checkpointer.at_end(trainer)      # final save (as Megatron), then wait for any background write
-    checkpointer.close()              # always: never leave a background write behind
+    checkpointer.at_end()                 # final save (as Megatron), then wait for any background write
+    checkpointer.close()                  # always: never leave a background write behind
+
+`parts` (CheckpointParts) are the stateful pieces a checkpoint holds: the model and optimizer
+(saved as global tensors, checkpoint/model_state.py), and the progress, LR schedule and RNG
+streams (each through its state_dict / load_state_dict). The checkpointer knows nothing else of
+the trainer.
 
 The pieces live in goldtron/checkpoint/: model_state (global tensors), rng_state, common_state,
 writer (layout and crash safety), validation (what --load finds), background (--async-save).
@@ -18,6 +23,9 @@ import copy
 import os
 import threading
 import time
+from dataclasses import dataclass
+
+import torch
 
 import torch.distributed as dist
 import torch.distributed.checkpoint as dcp
@@ -39,17 +47,39 @@ from goldtron.checkpoint.model_state import (
 from goldtron.checkpoint.safe_objects import SafeFileSystemReader
 from goldtron.checkpoint.validation import FoundCheckpoint, check_architecture, find_checkpoint
 from goldtron.checkpoint.writer import prepare_in_progress_dir, write_checkpoint
+from goldtron.training.lr_schedule import LRSchedule
+from goldtron.training.optimizer import Optimizer
+from goldtron.training.progress import TrainingProgress
 
 
-def build_checkpointer(args, ps, trainer, rng):
+@dataclass
+class CheckpointParts:
+    model: torch.nn.Module
+    optimizer: Optimizer
+    lr_schedule: LRSchedule
+    progress: TrainingProgress
+    rng: rng_state.RankRandomState
+
+
+def build_checkpointer(args, ps, parts: CheckpointParts):
     if not args.save and not args.load:
-        return None
-    return Checkpointer(args, ps, rng)
+        return NullCheckpointer()
+    return Checkpointer(args, ps, parts)
+
+
+class NullCheckpointer:
+    """No --save and no --load: every call does nothing (the loop calls them all the same)."""
+
+    def load(self) -> None: ...
+    def after_step(self) -> None: ...
+    def before_optimizer_step(self) -> None: ...
+    def at_end(self) -> None: ...
+    def close(self) -> None: ...
 
 
 class Checkpointer:
-    def __init__(self, args, ps, rng):
-        self.args, self.ps, self.rng = args, ps, rng
+    def __init__(self, args, ps, parts: CheckpointParts):
+        self.args, self.ps, self.parts = args, ps, parts
         # A group of its own (gloo: DCP's plans travel as CPU objects): a background write's
         # collectives then never interleave with the training loop's on the same group.
         self.group = dist.new_group(backend="gloo")
@@ -69,28 +99,29 @@ class Checkpointer:
         return f"[ t {ps.tp_rank + 1}/{ps.tp_size}, p {ps.pp_rank + 1}/{ps.pp_size}, d {ps.dp_rank + 1}/{ps.dp_size} ]"
 
     # ---- save --------------------------------------------------------------------------------
-    def after_step(self, trainer) -> None:
+    def after_step(self) -> None:
         a = self.args
-        if a.save and a.save_interval and trainer.iteration % a.save_interval == 0:
-            self.save(trainer)
+        if a.save and a.save_interval and self.parts.progress.iteration % a.save_interval == 0:
+            self.save()
 
-    def at_end(self, trainer) -> None:
-        if self.args.save and trainer.iteration != self.last_saved_iteration:
-            self.save(trainer)
+    def at_end(self) -> None:
+        if self.args.save and self.parts.progress.iteration != self.last_saved_iteration:
+            self.save()
         self.wait()
 
-    def save(self, trainer) -> None:
+    def save(self) -> None:
         start = time.perf_counter()
         self.wait()  # one write at a time: the next save waits for the previous one
-        a, ps, iteration = self.args, self.ps, trainer.iteration
-        with_optimizer = not a.no_save_optim and has_optimizer_state(trainer.optimizer)
-        placements = parameter_placements(trainer.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)
-        optimizer = trainer.optimizer if with_optimizer else None
+        a, ps, parts, iteration = self.args, self.ps, self.parts, self.parts.progress.iteration
+        with_optimizer = not a.no_save_optim and has_optimizer_state(parts.optimizer)
+        placements = parameter_placements(parts.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)
+        optimizer = parts.optimizer if with_optimizer else None
         # Small state is taken now, whatever the mode: RNG streams and counters move every step.
         extra = {}
         if not a.no_save_rng:
-            extra[rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)] = rng_state.capture(self.rng)
-        common = build_common_state(trainer, with_optimizer, not a.no_save_rng)
+            extra[rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)] = parts.rng.state_dict()
+        common = build_common_state(parts.progress.state_dict(), parts.lr_schedule.state_dict(), ps, a,
+                                    with_optimizer, not a.no_save_rng)
         self._log(f"saving checkpoint at iteration {iteration:7d} to {a.save} in torch_dist format")
         prepare_in_progress_dir(a.save, iteration, self.group)
 
@@ -146,7 +177,7 @@ class Checkpointer:
         self.wait()
 
     # ---- load --------------------------------------------------------------------------------
-    def load(self, trainer) -> None:
+    def load(self) -> None:
         a = self.args
         if not a.load:
             return
@@ -158,10 +189,10 @@ class Checkpointer:
             self._log(f"WARNING: no checkpoint found in --load {a.load} (no {os.path.basename(a.load) or a.load}/"
                       "latest_checkpointed_iteration.txt); starting from scratch")
             return
-        self._restore(trainer, found)
+        self._restore(found)
 
-    def _restore(self, trainer, found: FoundCheckpoint) -> None:
-        a, ps, common = self.args, self.ps, found.common
+    def _restore(self, found: FoundCheckpoint) -> None:
+        a, ps, parts, common = self.args, self.ps, self.parts, found.common
         release = found.iteration == RELEASE
         contents = common["contents"]
         fresh_start = a.finetune or release
@@ -178,8 +209,8 @@ class Checkpointer:
             check_architecture(common.get("args"), a, found.path)
         self._log(f"loading checkpoint from {a.load} at iteration {found.iteration}")
 
-        placements = parameter_placements(trainer.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)
-        targets = load_targets(placements, trainer.optimizer if load_optim else None)
+        placements = parameter_placements(parts.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)
+        targets = load_targets(placements, parts.optimizer if load_optim else None)
         rng_key = rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)
         # Only the kinds of state this load asked for can be "unexpected".
         comparable = {k for k in found.dcp_metadata.state_dict_metadata
@@ -199,7 +230,7 @@ class Checkpointer:
 
         if load_rng:
             try:
-                rng_state.restore(targets[rng_key], self.rng)
+                parts.rng.load_state_dict(targets[rng_key])
             except (KeyError, TypeError, ValueError, RuntimeError, AttributeError) as error:
                 # Read as plain data, but not the shape goldtron saves: say so, not a TypeError deep down.
                 raise CheckpointError(f"{found.path} (item {rng_key}): the RNG state is not what goldtron saves "
@@ -211,11 +242,10 @@ class Checkpointer:
                       f"{describe_layout_record(saved)} and this run is {describe_layout_record(layout_record(ps, a))}; random streams "
                       "belong to a rank of a layout, so dropout masks after the resume differ from an uninterrupted run")
         if not fresh_start:
-            trainer.iteration = common["iteration"]
-            trainer.consumed_samples = common["consumed_samples"]
+            parts.progress.load_state_dict(common)
             if load_optim:  # Megatron restores the schedule with the optimizer
-                restore_schedule(common["opt_param_scheduler"], trainer.lr_schedule, a, found.path)
+                restore_schedule(common["opt_param_scheduler"], parts.lr_schedule, a, found.path)
         if a.load == a.save:
-            self.last_saved_iteration = trainer.iteration
-        self._log(f"  successfully loaded checkpoint from {a.load} at iteration {trainer.iteration} "
+            self.last_saved_iteration = parts.progress.iteration
+        self._log(f"  successfully loaded checkpoint from {a.load} at iteration {parts.progress.iteration} "
                   f"(model{', optimizer' if load_optim else ''}{', rng' if load_rng else ''}) {self._coordinates()}")

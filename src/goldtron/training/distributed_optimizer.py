@@ -31,6 +31,7 @@ import torch.distributed as dist
 from goldtron.parallel.collectives import all_gather_flat_, all_reduce_, reduce_scatter_
 from goldtron.parallel.state import ParallelState
 from goldtron.training import grads
+from goldtron.training.optimizer import HeldAdamState
 
 # Elements; a multiple of every CPU/GPU vector width, so pieces keep the kernels' element grouping.
 ALIGNMENT = 128
@@ -72,8 +73,8 @@ class Bucket:
 
 
 class DistributedOptimizer:
-    """The optimizer object the loop and the checkpointer use when --use-distributed-optimizer
-    and DP > 1 (with DP = 1 build_optimizer returns the plain AdamW: nothing to shard)."""
+    """The optimizer (training/optimizer.py's interface) when --use-distributed-optimizer and
+    DP > 1 (with DP = 1 build_optimizer returns the replicated one: nothing to shard)."""
 
     def __init__(self, model: torch.nn.Module, args, ps: ParallelState, make_adamw):
         self.ps = ps
@@ -93,7 +94,7 @@ class DistributedOptimizer:
         # Norms and num-zeros: every rank holds a disjoint part of each replica's gradients.
         self.norm_group = dist.group.WORLD if ps.world_size > 1 else None
 
-    # ---- what the loop, set_learning_rate and the checkpointer read ---------------------------
+    # ---- the interface's state: what set_learning_rate and the checkpointer read ----------------
     @property
     def param_groups(self) -> list[dict]:
         return self.inner.param_groups if self.inner is not None else []
@@ -102,10 +103,13 @@ class DistributedOptimizer:
     def state(self):
         return self.inner.state if self.inner is not None else {}
 
-    def owned_piece(self, param: torch.nn.Parameter) -> OwnedPiece | None:
-        return self.pieces.get(id(param))
+    def held_state(self, param: torch.nn.Parameter) -> HeldAdamState | None:
+        """The Adam state of `param`'s owned flat range (None: this rank owns none of it, or no step yet)."""
+        piece = self.pieces.get(id(param))
+        adam = self.state.get(piece.view) if piece is not None else None
+        return HeldAdamState(adam, (piece.start, piece.end)) if adam else None
 
-    def zero_grad(self, set_to_none: bool = True) -> None:
+    def zero_grad(self) -> None:
         for bucket in self.buckets:
             for p in bucket.params:
                 p.grad = None
@@ -123,11 +127,11 @@ class DistributedOptimizer:
                     flat[at : at + p.numel()].copy_(p.grad.view(-1))
                 p.grad = None  # the owned sums live in grad_shard; the rest is another rank's
             shard = torch.empty(bucket.shard_size, dtype=torch.float32, device=ps.device)
-            reduce_scatter_(shard, flat, ps.dp_group)
+            reduce_scatter_(shard, flat, ps.dp_group, ps.backend_release)
             del flat
             shard.div_(ps.dp_size)
             if bucket.reduce_over_embedding:
-                all_reduce_(shard, ps.embedding_group)
+                all_reduce_(shard, ps.embedding_group, ps.backend_release)
             bucket.grad_shard = shard
             for piece in bucket.pieces:
                 piece.view.grad = shard[piece.shard_offset : piece.shard_offset + piece.end - piece.start]
@@ -147,7 +151,8 @@ class DistributedOptimizer:
             out.append(t)
         return out
 
-    def gradient_shards(self) -> list[torch.Tensor]:
+    def gradients(self) -> list[torch.Tensor]:
+        """What clipping scales: the owned gradient shards."""
         return [b.grad_shard for b in self.buckets if b.grad_shard is not None]
 
     # ---- update ---------------------------------------------------------------------------------
@@ -161,7 +166,7 @@ class DistributedOptimizer:
             for piece in bucket.pieces:
                 shard[piece.shard_offset : piece.shard_offset + piece.end - piece.start].copy_(piece.view)
             full = torch.empty(bucket.size, dtype=torch.float32, device=ps.device)
-            all_gather_flat_(full, shard, ps.dp_group)
+            all_gather_flat_(full, shard, ps.dp_group, ps.backend_release)
             del shard
             for p, at in zip(bucket.params, bucket.offsets):
                 p.detach().view(-1).copy_(full[at : at + p.numel()])

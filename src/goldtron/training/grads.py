@@ -46,11 +46,11 @@ def reduce_gradients(params: list[torch.nn.Parameter], ps: ParallelState, shared
             p.grad = torch.zeros_like(p)
     if ps.dp_size > 1:
         grads = [p.grad for p in params]
-        all_reduce_flat_(grads, ps.dp_group)
+        all_reduce_flat_(grads, ps.dp_group, ps.backend_release)
         for g in grads:
             g.div_(ps.dp_size)
     if shared_embedding is not None:
-        all_reduce_(shared_embedding.grad, ps.embedding_group)
+        all_reduce_(shared_embedding.grad, ps.embedding_group, ps.backend_release)
 
 
 def global_norm(views: list[torch.Tensor], ps: ParallelState, group=None) -> float:
@@ -59,7 +59,7 @@ def global_norm(views: list[torch.Tensor], ps: ParallelState, group=None) -> flo
     for v in views:
         # float64 accumulation: the layout changes the summation order, and fp32 would show it.
         local += torch.linalg.vector_norm(v, 2, dtype=torch.float64) ** 2
-    all_reduce_(local, group or ps.model_parallel_group)
+    all_reduce_(local, group or ps.model_parallel_group, ps.backend_release)
     return math.sqrt(float(local))
 
 
@@ -67,7 +67,7 @@ def count_zeros(views: list[torch.Tensor], ps: ParallelState, group=None) -> int
     local = torch.zeros(1, dtype=torch.float64, device=ps.device)
     for v in views:
         local += (v == 0).sum()
-    all_reduce_(local, group or ps.model_parallel_group)
+    all_reduce_(local, group or ps.model_parallel_group, ps.backend_release)
     return int(local)
 
 

@@ -5,19 +5,19 @@ from __future__ import annotations
 import datetime
 import sys
 
-TB_TAGS = ("lm loss", "learning-rate", "batch-size", "grad-norm", "num-zeros", "params-norm", "iteration-time",
-           "mem-allocated-bytes", "mem-max-allocated-bytes", "lm loss validation", "lm loss validation ppl")
+from goldtron.trainer_contract import ITERATION_FIELD, LOSS_FIELD
+
 
 
 def megatron_log_line(iteration: int, train_iters: int, values: dict) -> str:
     """One line in Megatron's format (tools that parse Megatron logs parse this too)."""
     now = datetime.datetime.now().strftime("%Y-%m-%d %H:%M:%S")
-    parts = [f" [{now}] iteration {iteration:8d}/{train_iters:8d} |",
+    parts = [f" [{now}] {ITERATION_FIELD.format(iteration=iteration, train_iters=train_iters)} |",
              f" consumed samples: {values['consumed_samples']:12d} |",
              f" elapsed time per iteration (ms): {values['iteration_time'] * 1000.0:.1f} |",
              f" learning rate: {values['learning_rate']:.6E} |",
              f" global batch size: {values['batch_size']:5d} |",
-             f" lm loss: {values['lm_loss']:.6E} |",
+             f" {LOSS_FIELD.format(lm_loss=values['lm_loss'])} |",
              " loss scale: 1.0 |",
              f" grad norm: {values['grad_norm']:.3f} |"]
     if values.get("num_zeros") is not None:

@@ -1,32 +1,33 @@
-"""The training loop: one step = schedule (forward/backward over micro-batches), drain deferred
-weight-gradients, reduce gradients, norms and clipping, optimizer, LR schedule, report."""
+"""The training loop: one step = schedule (forward/backward over micro-batches, then the drain of
+deferred weight-gradients), reduce gradients, norms and clipping, optimizer, LR schedule, report."""
 
 from __future__ import annotations
 
-import json
 import math
-import os
 import time
 from argparse import Namespace
 
 import torch
 
+from goldtron import trainer_contract as tags
 from goldtron.data.sampler import collate, micro_batch_sample_indices
 from goldtron.parallel.collectives import all_gather_, all_reduce_
 from goldtron.parallel.schedule import MicroBatch, Schedule, StepLoss
 from goldtron.parallel.state import ParallelState
-from goldtron.parallel.trace import KINDS, StepTrace
+from goldtron.parallel.trace import KINDS, StepTrace, append_step
 from goldtron.training import grads
-from goldtron.training.distributed_optimizer import DistributedOptimizer
 from goldtron.training.logging import TensorBoardLog, megatron_log_line, print_rank
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.memory import MemoryStats
-from goldtron.training.optimizer import set_learning_rate
+from goldtron.training.metrics_file import MetricsFile
+from goldtron.training.optimizer import Optimizer, set_learning_rate
+from goldtron.training.progress import TrainingProgress
 
 
 class Trainer:
-    def __init__(self, args: Namespace, ps: ParallelState, model, optimizer, lr_schedule: LRSchedule,
-                 schedule: Schedule, train_ds, valid_ds, memory: MemoryStats, checkpointer=None):
+    def __init__(self, args: Namespace, ps: ParallelState, model, optimizer: Optimizer, lr_schedule: LRSchedule,
+                 schedule: Schedule, train_ds, valid_ds, memory: MemoryStats, progress: TrainingProgress,
+                 checkpointer, metrics_file: MetricsFile):
         self.args = args
         self.ps = ps
         self.model = model
@@ -36,15 +37,24 @@ class Trainer:
         self.train_ds = train_ds
         self.valid_ds = valid_ds
         self.memory = memory
-        self.checkpointer = checkpointer
-        self.params = [p for p in model.parameters()]
-        self.distributed_optimizer = isinstance(optimizer, DistributedOptimizer)
-        # Norms are summed over the model-parallel ranks, and over DP too when DP ranks hold disjoint ranges.
-        self.norm_group = optimizer.norm_group if self.distributed_optimizer else None
-        self.iteration = 0
-        self.consumed_samples = 0
+        self.checkpointer = checkpointer  # a NullCheckpointer without --save/--load
+        self.progress = progress
+        self.metrics_file = metrics_file
         self.tb = TensorBoardLog(args.tensorboard_dir, ps.is_logging_rank)
         self.last_trace: StepTrace | None = None  # the latest step's schedule spans
+
+    @property
+    def iteration(self) -> int:
+        return self.progress.iteration
+
+    @property
+    def consumed_samples(self) -> int:
+        return self.progress.consumed_samples
+
+    def close(self) -> None:
+        """Close what the trainer opened: the TensorBoard writer, the checkpointer (a background write)."""
+        self.tb.close()
+        self.checkpointer.close()
 
     # ---- data ------------------------------------------------------------------------------
     def _micro_batches(self, dataset, first_sample: int) -> list[MicroBatch]:
@@ -59,44 +69,24 @@ class Trainer:
 
     # ---- one step --------------------------------------------------------------------------
     def train_step(self) -> dict:
-        a, ps = self.args, self.ps
+        a = self.args
         trace = StepTrace(start=time.perf_counter())
         self.schedule.trace = trace
         self.model.train()
         micro_batches = self._micro_batches(self.train_ds, self.consumed_samples)
         lr = self.lr_schedule.lr()
         set_learning_rate(self.optimizer, lr)
-        self.optimizer.zero_grad(set_to_none=True)
-        if self.model.output_layer is not None and self.model.output_layer.deferred is not None:
-            self.model.output_layer.deferred.start_step()
-
-        step_loss = self.schedule.train_step(micro_batches)
-        self.schedule.drain_deferred_wgrads()
-
+        self.optimizer.zero_grad()
+        step_loss = self.schedule.train_step(micro_batches)  # deferred wgrads drained inside
         with trace.span("grad-reduce"):
-            if self.distributed_optimizer:  # reduce-scatter: this rank sees its owned ranges only
-                self.optimizer.reduce_gradients()
-                grad_views, gradients = self.optimizer.counted_views(use_grad=True), self.optimizer.gradient_shards()
-            else:
-                grads.reduce_gradients(self.params, ps, self.model.shared_embedding_weight())
-                grad_views, gradients = grads.counted_views(self.params, ps, use_grad=True), [p.grad for p in self.params]
-            grad_norm = grads.global_norm(grad_views, ps, self.norm_group)
-            num_zeros = grads.count_zeros(grad_views, ps, self.norm_group) if a.log_num_zeros_in_grad else None
-            grads.clip_gradients_(gradients, grad_norm, a.clip_grad)
-            del gradients
+            grad_norm, num_zeros = self._reduce_measure_and_clip_gradients()
         with trace.span("optimizer"):
-            if self.checkpointer is not None:
-                self.checkpointer.before_optimizer_step()  # an async save's copy must be complete
+            self.checkpointer.before_optimizer_step()  # an async save's copy must be complete
             self.optimizer.step()
         self.lr_schedule.step(a.global_batch_size)
-        self.iteration += 1
-        self.consumed_samples += a.global_batch_size
+        self.progress.advance(a.global_batch_size)
 
-        params_norm = None
-        if a.log_params_norm:
-            views = self.optimizer.counted_views(use_grad=False) if self.distributed_optimizer \
-                else grads.counted_views(self.params, ps, use_grad=False)
-            params_norm = grads.global_norm(views, ps, self.norm_group)
+        params_norm = self._norm(self.optimizer.counted_views(use_grad=False)) if a.log_params_norm else None
         lm_loss = self._reduce_loss(step_loss)
         trace.end = time.perf_counter()
         self.last_trace = trace
@@ -108,11 +98,24 @@ class Trainer:
             "consumed_samples": self.consumed_samples,
         }
 
+    def _reduce_measure_and_clip_gradients(self) -> tuple[float, int | None]:
+        """Make the gradients final (the optimizer's reduction), then grad-norm, num-zeros, clipping."""
+        self.optimizer.reduce_gradients()
+        views = self.optimizer.counted_views(use_grad=True)
+        grad_norm = self._norm(views)
+        num_zeros = grads.count_zeros(views, self.ps, self.optimizer.norm_group) if self.args.log_num_zeros_in_grad \
+            else None
+        grads.clip_gradients_(self.optimizer.gradients(), grad_norm, self.args.clip_grad)
+        return grad_norm, num_zeros
+
+    def _norm(self, views: list[torch.Tensor]) -> float:
+        return grads.global_norm(views, self.ps, self.optimizer.norm_group)
+
     def _reduce_loss(self, step_loss: StepLoss) -> float:
         """Token-weighted mean over the step's micro-batches and DP ranks (last stage has it)."""
         pair = torch.tensor([step_loss.loss_sum, step_loss.num_tokens], dtype=torch.float64, device=self.ps.device)
         if self.ps.is_last_stage:
-            all_reduce_(pair, self.ps.dp_group)
+            all_reduce_(pair, self.ps.dp_group, self.ps.backend_release)
         return float(pair[0] / pair[1]) if pair[1] > 0 else float("nan")
 
     # ---- evaluation ------------------------------------------------------------------------
@@ -137,9 +140,9 @@ class Trainer:
         if loss is None or not self.ps.is_logging_rank:
             return
         ppl = math.exp(min(20.0, loss))
-        self.tb.scalar("lm loss validation", loss, self.iteration)
+        self.tb.scalar(tags.LM_LOSS_VALIDATION, loss, self.iteration)
         if self.args.log_validation_ppl_to_tensorboard:
-            self.tb.scalar("lm loss validation ppl", ppl, self.iteration)
+            self.tb.scalar(tags.LM_LOSS_VALIDATION_PPL, ppl, self.iteration)
         line = f" validation loss at {where} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} |"
         bar = "-" * (len(line) + 1)
         print_rank(f"{bar}\n{line}\n{bar}", True)
@@ -151,7 +154,8 @@ class Trainer:
         local = torch.tensor([totals[k] for k in (*KINDS, "idle")], dtype=torch.float64, device=self.ps.device)
         if self.ps.world_size == 1:
             return local.unsqueeze(0)
-        gathered = all_gather_([torch.empty_like(local) for _ in range(self.ps.world_size)], local)
+        gathered = all_gather_([torch.empty_like(local) for _ in range(self.ps.world_size)], local, None,
+                               self.ps.backend_release)
         return torch.stack(gathered)
 
     def _report(self, values: dict, first_of_run: bool) -> None:
@@ -159,54 +163,33 @@ class Trainer:
         timers = None
         if a.log_timers_to_tensorboard:
             timers = self._timer_totals_all_ranks(self.last_trace)
-            self._append_trace_file(self.last_trace)
+            if a.tensorboard_dir:  # for `goldtron timeline`
+                append_step(a.tensorboard_dir, self.last_trace, it, self.ps)
         values["mem_allocated"] = self.memory.allocated()
         values["mem_max_allocated"] = self.memory.max_allocated()
         if not self.ps.is_logging_rank:
             return
-        self._append_metrics_file(values)
+        self.metrics_file.write(self.iteration, values)
         tb = self.tb
-        tb.scalar("lm loss", values["lm_loss"], it)
-        tb.scalar("learning-rate", values["learning_rate"], it)
-        tb.scalar("batch-size", values["batch_size"], it)
-        tb.scalar("grad-norm", values["grad_norm"], it)
+        tb.scalar(tags.LM_LOSS, values["lm_loss"], it)
+        tb.scalar(tags.LEARNING_RATE, values["learning_rate"], it)
+        tb.scalar(tags.BATCH_SIZE, values["batch_size"], it)
+        tb.scalar(tags.GRAD_NORM, values["grad_norm"], it)
         if values["num_zeros"] is not None:
-            tb.scalar("num-zeros", values["num_zeros"], it)
+            tb.scalar(tags.NUM_ZEROS, values["num_zeros"], it)
         if values["params_norm"] is not None:
-            tb.scalar("params-norm", values["params_norm"], it)
+            tb.scalar(tags.PARAMS_NORM, values["params_norm"], it)
         if a.log_memory_to_tensorboard:
-            tb.scalar("mem-allocated-bytes", values["mem_allocated"], it)
-            tb.scalar("mem-max-allocated-bytes", values["mem_max_allocated"], it)
+            tb.scalar(tags.MEM_ALLOCATED, values["mem_allocated"], it)
+            tb.scalar(tags.MEM_MAX_ALLOCATED, values["mem_max_allocated"], it)
         if timers is not None:
             if not first_of_run:  # Megatron: no iteration-time for a run's first iteration
-                tb.scalar("iteration-time", values["iteration_time"], it)
+                tb.scalar(tags.ITERATION_TIME, values["iteration_time"], it)
             for r in range(timers.shape[0]):
                 for k, kind in enumerate((*KINDS, "idle")):
-                    tb.scalar(f"pipeline-timers/rank{r}/{kind}", float(timers[r, k]), it)
+                    tb.scalar(tags.pipeline_timer_tag(r, kind), float(timers[r, k]), it)
         if it % a.log_interval == 0 or it == a.train_iters:
             print_rank(megatron_log_line(it, a.train_iters, values), True)
-
-    def _append_trace_file(self, trace: StepTrace) -> None:
-        """Each rank's schedule spans for this step, for `goldtron timeline` (one file per rank)."""
-        if not self.args.tensorboard_dir:
-            return
-        folder = os.path.join(self.args.tensorboard_dir, "pipeline_trace")
-        os.makedirs(folder, exist_ok=True)
-        record = dict(trace.to_json(self.ps.rank), iteration=self.iteration, pp_rank=self.ps.pp_rank,
-                      tp_rank=self.ps.tp_rank, dp_rank=self.ps.dp_rank)
-        with open(os.path.join(folder, f"rank{self.ps.rank}.jsonl"), "a") as f:
-            f.write(json.dumps(record) + "\n")
-
-    def _append_metrics_file(self, values: dict) -> None:
-        """Full-precision per-step values as JSON lines, when GOLDTRON_METRICS_FILE names a file.
-
-        TensorBoard stores scalars as float32; bitwise resume checks and layout comparisons
-        need the float64 numbers this process computed.
-        """
-        path = os.environ.get("GOLDTRON_METRICS_FILE")
-        if path:
-            with open(path, "a") as f:
-                f.write(json.dumps({"iteration": self.iteration, **values}) + "\n")
 
     # ---- the run ---------------------------------------------------------------------------
     def train(self) -> None:
@@ -219,10 +202,8 @@ class Trainer:
             first = False
             if a.eval_interval and self.iteration % a.eval_interval == 0 and self.iteration < a.train_iters:
                 self._report_eval(f"iteration {self.iteration}")
-            if self.checkpointer is not None:
-                self.checkpointer.after_step(self)
+            self.checkpointer.after_step()
         if a.eval_iters > 0 and self.iteration >= a.train_iters:
             self._report_eval("the end of training for val data")
-        if self.checkpointer is not None:
-            self.checkpointer.at_end(self)
+        self.checkpointer.at_end()
         self.tb.flush()

@@ -15,6 +15,10 @@ class LRSchedule:
         self.style = style
         self.num_samples = 0
 
+    @classmethod
+    def from_args(cls, args) -> "LRSchedule":
+        return cls(args.lr, args.min_lr, args.lr_warmup_samples, args.lr_decay_samples, args.lr_decay_style)
+
     def lr(self) -> float:
         n = self.num_samples
         if self.warmup_samples > 0 and n <= self.warmup_samples:

@@ -16,9 +16,9 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from goldtron.arguments import ConfigError, padded_vocab_size, parse_args
+from goldtron.arguments import ConfigError, parse_args
+from goldtron.trainer_contract import EXIT_CONFIG_ERROR
 
-EXIT_CONFIG_ERROR = 2
 
 
 def _init_distributed(args) -> torch.device:
@@ -47,26 +47,32 @@ def _seed_everything(args, pp_rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_trainer(args, ps, device: torch.device):
+def build_trainer(args, ps, device: torch.device, metrics_file=None):
     """Model, optimizer, data and schedule for `args` on existing process groups (tests build several
-    trainers in one torchrun launch, so this is separate from group set-up and tear-down)."""
+    trainers in one torchrun launch, so this is separate from group set-up and tear-down).
+    `metrics_file`: a MetricsFile for full-precision values (default: none written)."""
     # Imported here so `goldtron train --help`-style failures stay cheap.
+    from goldtron.data.errors import DataError
     from goldtron.data.provider import build_datasets, build_tokenizer
     from goldtron.model.gpt import GPTStage
     from goldtron.parallel.p2p import PipelineP2P
     from goldtron.parallel.random import DropoutRNG
     from goldtron.parallel.schedule import Schedule
-    from goldtron.training.checkpointing import build_checkpointer
+    from goldtron.checkpoint.rng_state import RankRandomState
+    from goldtron.training.checkpointing import CheckpointParts, build_checkpointer
     from goldtron.training.loop import Trainer
     from goldtron.training.lr_schedule import LRSchedule
     from goldtron.training.memory import MemoryStats
+    from goldtron.training.metrics_file import MetricsFile
     from goldtron.training.optimizer import build_optimizer
+    from goldtron.training.progress import TrainingProgress
 
     _seed_everything(args, ps.pp_rank)
 
     tokenizer = build_tokenizer(args)
-    args.real_vocab_size = tokenizer.vocab_size
-    args.padded_vocab_size = padded_vocab_size(tokenizer.vocab_size, args.make_vocab_size_divisible_by, ps.tp_size)
+    if tokenizer.vocab_size != args.real_vocab_size:  # validation sized the model from the vocab file
+        raise DataError(f"the tokenizer has {tokenizer.vocab_size} ids but its vocabulary file lists "
+                        f"{args.real_vocab_size}; give a --vocab-file whose entries are the tokenizer's ids")
     gb = args.global_batch_size
     eval_rounds = (args.train_iters // args.eval_interval + 1) if args.eval_interval else 1
     train_ds, valid_ds, _ = build_datasets(
@@ -74,15 +80,17 @@ def build_trainer(args, ps, device: torch.device):
         is_builder_rank=ps.rank == 0, barrier=dist.barrier,
     )
 
-    memory = MemoryStats(device, enabled=args.log_memory_to_tensorboard)
+    memory = MemoryStats(device, enabled=args.log_memory_to_tensorboard, release=ps.backend_release)
     rng = DropoutRNG(args.seed, ps.pp_rank, ps.tp_rank, device)
     model = GPTStage(args, ps, rng)
     optimizer = build_optimizer(model, args, ps)
-    lr_schedule = LRSchedule(args.lr, args.min_lr, args.lr_warmup_samples, args.lr_decay_samples,
-                             args.lr_decay_style)
+    lr_schedule = LRSchedule.from_args(args)
+    progress = TrainingProgress()
+    checkpointer = build_checkpointer(args, ps, CheckpointParts(model, optimizer, lr_schedule, progress,
+                                                                RankRandomState(rng)))
     p2p = PipelineP2P(ps, (args.micro_batch_size, args.seq_length, args.hidden_size), args.params_dtype)
-    trainer = Trainer(args, ps, model, optimizer, lr_schedule, Schedule(model, ps, p2p), train_ds, valid_ds, memory)
-    trainer.checkpointer = build_checkpointer(args, ps, trainer, rng)
+    trainer = Trainer(args, ps, model, optimizer, lr_schedule, Schedule(model, ps, p2p), train_ds, valid_ds, memory,
+                      progress, checkpointer, metrics_file or MetricsFile(None))
     if memory.cpu_counter is not None:
         memory.cpu_counter.track_existing(model.parameters())
     return trainer
@@ -90,6 +98,7 @@ def build_trainer(args, ps, device: torch.device):
 
 def build_and_train(args) -> None:
     from goldtron.parallel.state import ParallelState
+    from goldtron.training.metrics_file import METRICS_FILE_ENV, MetricsFile
 
     torch.set_num_threads(args.torch_threads)
     if args.deterministic_mode:
@@ -97,16 +106,13 @@ def build_and_train(args) -> None:
     device = _init_distributed(args)
     ps = ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, device,
                               args.distributed_backend)
-    trainer = build_trainer(args, ps, device)
+    trainer = build_trainer(args, ps, device, MetricsFile(os.environ.get(METRICS_FILE_ENV)))
     try:
         with trainer.memory:
-            if trainer.checkpointer is not None:
-                trainer.checkpointer.load(trainer)
+            trainer.checkpointer.load()
             trainer.train()
     finally:
-        trainer.tb.close()
-        if trainer.checkpointer is not None:
-            trainer.checkpointer.close()
+        trainer.close()
         # torch can abort at exit if process-group-bound objects outlive the group: free first.
         del trainer
         gc.collect()

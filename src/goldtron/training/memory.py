@@ -23,12 +23,16 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
-from goldtron.parallel import collectives
+from goldtron.parallel.collectives import BackendRelease
 
 
 class CpuAllocationCounter(TorchDispatchMode):
-    def __init__(self):
+    """`release`: the process's BackendRelease (ParallelState.backend_release), switched on while
+    the counter runs so collectives free their tensors on this thread; None where no collective runs."""
+
+    def __init__(self, release: BackendRelease | None = None):
         super().__init__()
+        self.release = release
         self.allocated = 0
         self.peak = 0
         self._live: set[int] = set()
@@ -43,11 +47,13 @@ class CpuAllocationCounter(TorchDispatchMode):
                 self.frees_elsewhere += 1
 
     def __enter__(self):
-        collectives.want_exact_frees(True)
+        if self.release is not None:
+            self.release.want_exact_frees(True)
         return super().__enter__()
 
     def __exit__(self, *exc):
-        collectives.want_exact_frees(False)
+        if self.release is not None:
+            self.release.want_exact_frees(False)
         return super().__exit__(*exc)
 
     def track(self, t: torch.Tensor) -> None:
@@ -78,9 +84,9 @@ class CpuAllocationCounter(TorchDispatchMode):
 class MemoryStats:
     """allocated / max-allocated bytes for this rank, whatever the device."""
 
-    def __init__(self, device: torch.device, enabled: bool):
+    def __init__(self, device: torch.device, enabled: bool, release: BackendRelease):
         self.device = device
-        self.cpu_counter = CpuAllocationCounter() if enabled and device.type == "cpu" else None
+        self.cpu_counter = CpuAllocationCounter(release) if enabled and device.type == "cpu" else None
 
     def __enter__(self):
         if self.cpu_counter is not None:

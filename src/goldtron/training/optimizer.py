@@ -1,33 +1,66 @@
-"""Adam with decoupled weight decay (Megatron's default optimizer) over the fp32 main weights.
+"""Adam with decoupled weight decay (Megatron's default optimizer) over the fp32 main weights, and
+the one interface the loop and the checkpointer use, whichever kind of optimizer a run has.
 
 No weight decay on biases and 1-D weights (LayerNorm), as Megatron. Parameters are fp32 here
 even with --bf16 (layers cast to bf16 for compute), so they are the "main" weights and their
 gradients and Adam state are fp32.
+
+Two kinds share the interface (`Optimizer`): `ReplicatedOptimizer` (every DP rank holds all of
+Adam's state; gradients are all-reduced) and `DistributedOptimizer` (ZeRO-1, in
+distributed_optimizer.py). The loop and the checkpoint code never ask which one they hold.
 """
 
 from __future__ import annotations
 
 from argparse import Namespace
+from dataclasses import dataclass
+from typing import Protocol
 
 import torch
+
+from goldtron.parallel.state import ParallelState
+from goldtron.training import grads
+
+
+@dataclass
+class HeldAdamState:
+    """The Adam state this rank holds for one parameter: of the whole local tensor (flat_range
+    None), or of the flat local elements [start, end) (the distributed optimizer's owned range)."""
+
+    adam: dict
+    flat_range: tuple[int, int] | None = None
+
+
+class Optimizer(Protocol):
+    """What the training loop and the checkpointer call on an optimizer."""
+
+    param_groups: list[dict]  # the inner AdamW's: the LR is set here
+    state: dict               # the inner AdamW's per-tensor state
+    norm_group: object        # the group norms and num-zeros are summed over (None: model-parallel)
+
+    def zero_grad(self) -> None: ...
+    def reduce_gradients(self) -> None: ...
+    def counted_views(self, use_grad: bool) -> list[torch.Tensor]: ...
+    def gradients(self) -> list[torch.Tensor]: ...
+    def step(self) -> None: ...
+    def held_state(self, param: torch.nn.Parameter) -> HeldAdamState | None: ...
 
 
 def no_weight_decay(name: str, param: torch.nn.Parameter) -> bool:
     return name.endswith(".bias") or param.dim() == 1
 
 
-def build_optimizer(model: torch.nn.Module, args: Namespace, ps=None):
+def build_optimizer(model: torch.nn.Module, args: Namespace, ps: ParallelState) -> Optimizer:
     """AdamW over the model; with --use-distributed-optimizer and DP > 1 the sharded one
     (training/distributed_optimizer.py). With DP = 1 there is nothing to shard: the flag then
     gives the plain AdamW, bit for bit."""
-    named = list(model.named_parameters())
-    if getattr(args, "use_distributed_optimizer", False) and ps is not None and ps.dp_size > 1:
+    if args.use_distributed_optimizer and ps.dp_size > 1:
         from goldtron.training.distributed_optimizer import DistributedOptimizer
-        return DistributedOptimizer(model, args, ps, lambda owned: _adamw(owned, args))
-    return _adamw([(name, param, param) for name, param in named], args)
+        return DistributedOptimizer(model, args, ps, lambda owned: adamw(owned, args))
+    return ReplicatedOptimizer(model, args, ps)
 
 
-def _adamw(entries, args: Namespace) -> torch.optim.AdamW:
+def adamw(entries, args: Namespace) -> torch.optim.AdamW:
     """entries: (parameter name, parameter, the tensor AdamW updates: the parameter or a piece of it)."""
     decay, plain = [], []
     for name, param, target in entries:
@@ -38,6 +71,46 @@ def _adamw(entries, args: Namespace) -> torch.optim.AdamW:
                              foreach=False)
 
 
-def set_learning_rate(optimizer: torch.optim.Optimizer, lr: float) -> None:
+class ReplicatedOptimizer:
+    """AdamW over every local parameter; gradients all-reduced over DP (the mean), then over the
+    embedding group for the tied word embedding (grads.reduce_gradients)."""
+
+    norm_group = None  # a DP replica holds all of its gradients: sum over the model-parallel ranks
+
+    def __init__(self, model: torch.nn.Module, args: Namespace, ps: ParallelState):
+        self.ps = ps
+        self.params = list(model.parameters())
+        self.shared_embedding = model.shared_embedding_weight()
+        self.inner = adamw([(name, param, param) for name, param in model.named_parameters()], args)
+
+    @property
+    def param_groups(self) -> list[dict]:
+        return self.inner.param_groups
+
+    @property
+    def state(self):
+        return self.inner.state
+
+    def zero_grad(self) -> None:
+        self.inner.zero_grad(set_to_none=True)
+
+    def reduce_gradients(self) -> None:
+        grads.reduce_gradients(self.params, self.ps, self.shared_embedding)
+
+    def counted_views(self, use_grad: bool) -> list[torch.Tensor]:
+        return grads.counted_views(self.params, self.ps, use_grad)
+
+    def gradients(self) -> list[torch.Tensor]:
+        return [p.grad for p in self.params]
+
+    def step(self) -> None:
+        self.inner.step()
+
+    def held_state(self, param: torch.nn.Parameter) -> HeldAdamState | None:
+        adam = self.inner.state.get(param)
+        return HeldAdamState(adam) if adam else None
+
+
+def set_learning_rate(optimizer: Optimizer, lr: float) -> None:
     for group in optimizer.param_groups:
         group["lr"] = lr

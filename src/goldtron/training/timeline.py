@@ -17,10 +17,11 @@ panel each, on the same time scale, so the drain and the shorter last-stage back
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from dataclasses import dataclass
 from pathlib import Path
+
+from goldtron.parallel.trace import TRACE_FOLDER, read_steps, trace_files
 
 EXIT_BAD_INPUT = 2
 
@@ -63,8 +64,8 @@ class RankStep:
 
 def trace_folder(path: Path) -> Path:
     """Accept the run's TensorBoard folder or its pipeline_trace folder."""
-    for candidate in (path, path / "pipeline_trace"):
-        if candidate.is_dir() and list(candidate.glob("rank*.jsonl")):
+    for candidate in (path, path / TRACE_FOLDER):
+        if candidate.is_dir() and trace_files(candidate):
             return candidate
     raise TimelineError(
         f"no pipeline trace under {path}: expected {path}/pipeline_trace/rank*.jsonl. Train with "
@@ -73,12 +74,7 @@ def trace_folder(path: Path) -> Path:
 
 def read_step(folder: Path, iteration: int | None) -> tuple[int, list[RankStep]]:
     """Every rank's record of `iteration` (default: the last step all ranks recorded)."""
-    by_rank: dict[int, dict[int, dict]] = {}
-    for file in sorted(folder.glob("rank*.jsonl")):
-        for line in file.read_text().splitlines():
-            if line.strip():
-                record = json.loads(line)
-                by_rank.setdefault(record["rank"], {})[record["iteration"]] = record
+    by_rank = read_steps(folder)
     common = set.intersection(*(set(steps) for steps in by_rank.values()))
     if not common:
         raise TimelineError(f"the ranks under {folder} have no step in common; was the run cut short?")

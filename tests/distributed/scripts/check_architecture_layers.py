@@ -13,10 +13,10 @@ from argparse import Namespace
 import torch
 
 import check_parallel_layers as twins
-from goldtron.model.init import shard_blocks
 from goldtron.model.transformer import MLP, SelfAttention
 from goldtron.parallel.random import DropoutRNG
 from goldtron.parallel.state import ParallelState
+from goldtron.parallel.tp_slicing import shard_blocks
 
 SINGLE = ParallelState(world_size=1, rank=0, tp_size=1, pp_size=1, dp_size=1, device=torch.device("cpu"),
                        backend="gloo")
