@@ -82,6 +82,26 @@ def train_and_read(tmp_path: Path, name: str, nproc: int, flags: list[str], **kw
     return read_metrics_file(metrics)
 
 
+BATCH_WORKER = Path(__file__).with_name("batch_worker.py")
+
+
+def train_batches_and_read(out_dir: Path, runs: dict[str, tuple[int, list[str]]],
+                           timeout_per_run: float = 60) -> dict[str, list[dict]]:
+    """{name: (processes, flags)} -> {name: per-step records}: the runs of each process count in
+    one torchrun launch (batch_worker.py), each with its own metrics file under out_dir/name."""
+    import json
+
+    by_nproc: dict[int, dict] = {}
+    for name, (nproc, flags) in runs.items():
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        by_nproc.setdefault(nproc, {})[name] = {"flags": flags, "metrics": str(out_dir / name / "metrics.jsonl")}
+    for nproc, batch in by_nproc.items():
+        spec = out_dir / f"batch-{nproc}.json"
+        spec.write_text(json.dumps({"runs": batch}))
+        run_script(nproc, BATCH_WORKER, [str(spec)], timeout=60 + timeout_per_run * len(batch))
+    return {name: read_metrics_file(out_dir / name / "metrics.jsonl") for name in runs}
+
+
 def run_script(nproc: int, script: str | Path, args: list[str] | None = None, timeout: float = 180,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a test script on `nproc` gloo ranks; fails the test on a non-zero exit or the timeout."""
