@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from goldtron.arguments import parse_args
 from goldtron.parallel.state import ParallelState
-from goldtron.training.main import build_trainer
+from goldtron.training.build import build_trainer
 from goldtron.training.metrics_file import MetricsFile
 
 
