@@ -22,7 +22,7 @@ import torch.distributed as dist
 
 from goldtron.arguments import parse_args
 from goldtron.parallel.state import ParallelState
-from goldtron.training.build import build_trainer
+from goldtron.training.build import train_on
 from goldtron.training.metrics_file import MetricsFile
 
 
@@ -32,15 +32,7 @@ def train_one(flags: list[str], metrics: str, groups: dict) -> None:
     if layout not in groups:
         groups[layout] = ParallelState.create(*layout, torch.device("cpu"), "gloo")
     torch.set_num_threads(args.torch_threads)
-    trainer = build_trainer(args, groups[layout], torch.device("cpu"), MetricsFile(metrics))
-    try:
-        with trainer.memory:
-            trainer.checkpointer.load()
-            trainer.train()
-    finally:
-        trainer.close()
-        del trainer
-        gc.collect()
+    train_on(args, groups[layout], torch.device("cpu"), MetricsFile(metrics))
 
 
 def main() -> None:

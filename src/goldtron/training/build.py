@@ -101,7 +101,15 @@ def build_and_train(args) -> None:
     device = _init_distributed(args)
     ps = ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, device,
                               args.distributed_backend)
-    trainer = build_trainer(args, ps, device, MetricsFile(os.environ.get(METRICS_FILE_ENV)))
+    try:
+        train_on(args, ps, device, MetricsFile(os.environ.get(METRICS_FILE_ENV)))
+    finally:
+        dist.destroy_process_group()
+
+
+def train_on(args, ps, device: torch.device, metrics_file) -> None:
+    """One run on existing process groups: build, load (when --load), train, close, free."""
+    trainer = build_trainer(args, ps, device, metrics_file)
     try:
         with trainer.memory:
             trainer.checkpointer.load()
@@ -111,4 +119,3 @@ def build_and_train(args) -> None:
         # torch can abort at exit if process-group-bound objects outlive the group: free first.
         del trainer
         gc.collect()
-        dist.destroy_process_group()
