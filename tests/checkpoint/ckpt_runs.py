@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from support.metrics import relative  # noqa: F401  (re-exported for the checkpoint tests)
-from support.torchrun import TINY_MODEL, layout_flags, read_metrics_file, run_train
+from support.torchrun import TINY_MODEL, batched_log, layout_flags, read_metrics_file, run_train, train_batches_and_read
 
 # name: (processes, tp, pp); DP is what is left.
 LAYOUTS = {
@@ -22,6 +22,16 @@ def layout_run(tmp_path: Path, name: str, layout: str, flags: list[str]) -> tupl
     metrics = tmp_path / f"{name}.metrics.jsonl"
     result = run_train(nproc, TINY_MODEL + layout_flags(tp, pp) + flags, env={"GOLDTRON_METRICS_FILE": str(metrics)})
     return (read_metrics_file(metrics) if metrics.exists() else []), result.stdout
+
+
+def layout_runs(tmp_path: Path, runs: dict[str, tuple[str, list[str]]]) -> dict[str, tuple[list[dict], str]]:
+    """{name: (layout, flags)} -> {name: (per-step metrics, stdout)}, as layout_run gives for each,
+    with the runs of one process count in one launch. For runs that only read a checkpoint: a
+    save and the load that checks it run in processes of their own."""
+    batched = train_batches_and_read(tmp_path, {
+        name: (LAYOUTS[layout][0], TINY_MODEL + layout_flags(*LAYOUTS[layout][1:]) + flags)
+        for name, (layout, flags) in runs.items()})
+    return {name: (steps, batched_log(tmp_path, name)) for name, steps in batched.items()}
 
 
 def train_save_rewind(tmp_path: Path, layout: str, flags: list[str], iters: int, half: int

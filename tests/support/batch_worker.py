@@ -7,11 +7,13 @@ flags as `goldtron train` builds it (seeds, data, model, optimizer, schedule), o
 made once per layout, and writes its own metrics file; nothing but the groups outlives a run.
 
 usage: torchrun ... batch_worker.py SPEC.json
-SPEC: {"runs": {"name": {"flags": [...], "metrics": "path/metrics.jsonl"}, ...}}
+SPEC: {"runs": {"name": {"flags": [...], "metrics": "DIR/metrics.jsonl"}, ...}}
+Each rank's stdout during a run goes to DIR/stdout.rank{R}.log (what torchrun would have shown).
 """
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import json
 import sys
@@ -41,8 +43,10 @@ def main() -> None:
     torch.use_deterministic_algorithms(True)
     groups: dict = {}
     for name, run in spec["runs"].items():
+        log = Path(run["metrics"]).with_name(f"stdout.rank{dist.get_rank()}.log")
         try:
-            train_one(run["flags"], run["metrics"], groups)
+            with open(log, "w") as out, contextlib.redirect_stdout(out):
+                train_one(run["flags"], run["metrics"], groups)
         except Exception:
             print(f"batch_worker: run {name!r} failed on rank {dist.get_rank()}", file=sys.stderr, flush=True)
             raise

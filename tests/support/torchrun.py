@@ -104,6 +104,12 @@ def train_batches_and_read(out_dir: Path, runs: dict[str, tuple[int, list[str]]]
     return {name: read_metrics_file(out_dir / name / "metrics.jsonl") for name in runs}
 
 
+def batched_log(out_dir: Path, name: str) -> str:
+    """What run `name` of train_batches_and_read(out_dir, ...) printed, all ranks, rank order."""
+    logs = sorted((out_dir / name).glob("stdout.rank*.log"), key=lambda path: int(path.stem.split("rank")[1]))
+    return "".join(path.read_text() for path in logs)
+
+
 def run_script(nproc: int, script: str | Path, args: list[str] | None = None, timeout: float = 180,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a test script on `nproc` gloo ranks; fails the test on a non-zero exit or the timeout."""
