@@ -99,7 +99,7 @@ def render_flags_markdown() -> str:
     lines += ["", "## Megatron flags goldtron refuses", "",
               "These name Megatron features goldtron does not have; passing one is a `ConfigError`",
               "naming it. So are Megatron values of implemented flags other than the ones listed above",
-              "(e.g. `--position-embedding-type mrope`, `--normalization RMSNorm`, `--fp16`). Any other",
+              "(e.g. `--position-embedding-type mrope`, `--optimizer sgd`, `--fp16`). Any other",
               "unknown flag is refused as unknown.", "", "| flag | Megatron feature |", "|---|---|"]
     for flag, feature in UNIMPLEMENTED_FLAGS.items():
         lines.append(f"| `{flag}` | {feature} |")

@@ -29,7 +29,8 @@ def layer_args(**changes) -> Namespace:
                 params_dtype=torch.float32, init_method_std=0.2, num_layers=2, seed=11, attention_dropout=0.0,
                 attention_softmax_in_fp32=False, swiglu=False, add_bias_linear=True,
                 position_embedding_type="learned_absolute", rotary_dim=None, rotary_base=10000,
-                recompute_granularity=None)
+                recompute_granularity=None, num_query_groups=HEADS, qk_layernorm=False,
+                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5)
     args.update(changes)
     return Namespace(**args)
 
@@ -73,13 +74,13 @@ def check(tp: int) -> None:
     compare(f"tp{tp} gelu mlp no bias", lambda s: MLP(no_bias_gelu, s, f"{prefix}.mlp"), ps, False)
     rope_no_bias = layer_args(add_bias_linear=False, position_embedding_type="rope", rotary_dim=4)
     compare(f"tp{tp} rope attention no bias",
-            lambda s: SelfAttention(rope_no_bias, s, f"{prefix}.self_attention", rng), ps, False)
+            lambda s: SelfAttention(rope_no_bias, s, f"{prefix}.self_attention", rng, 1), ps, False)
     # The flags really change the layers (so the comparisons above are of the new code paths).
     mlp = MLP(layer_args(swiglu=True, add_bias_linear=False), ps, f"{prefix}.mlp")
     if mlp.linear_fc1.weight.shape != (2 * FFN // tp, H) or mlp.linear_fc1.bias is not None:
         twins.failures.append(f"tp{tp} swiglu fc1: local shape {tuple(mlp.linear_fc1.weight.shape)}, "
                               f"bias {mlp.linear_fc1.bias is not None}")
-    if any(name.endswith("bias") for name, _ in SelfAttention(rope_no_bias, ps, "a", rng).named_parameters()):
+    if any(name.endswith("bias") for name, _ in SelfAttention(rope_no_bias, ps, "a", rng, 1).named_parameters()):
         twins.failures.append(f"tp{tp} attention under --disable-bias-linear still has a bias")
 
 
