@@ -48,3 +48,13 @@ def after(steps: list[dict], iteration: int) -> list[dict]:
     return [s for s in steps if s["iteration"] > iteration]
 
 
+
+
+def assert_continues_within(steps: list[dict], reference: list[dict], loaded_at: int, rtol: float,
+                            keys: tuple[str, ...] = ("lm_loss", "grad_norm")) -> None:
+    """`steps`, a run loaded at `loaded_at`, are the reference run's later steps within `rtol`."""
+    later = after(reference, loaded_at)
+    assert [s["iteration"] for s in steps] == [s["iteration"] for s in later]
+    for ours, ref in zip(steps, later, strict=True):
+        for key in keys:
+            assert relative(ours[key], ref[key]) <= rtol, (ours["iteration"], key, ours[key], ref[key])

@@ -75,7 +75,7 @@ class SelfAttention(nn.Module):
         if self.rotary is not None:
             q, k = self.rotary(q, k)
         if self.training and self.attention_dropout > 0 or self.scaling.layer_number is not None:
-            context = self.run_core_attention(self._explicit_attention, q, k, v, self.training)
+            context = self.run_core_attention(self._attention_with_dropout, q, k, v, self.training)
         else:
             # Fused kernel: the same math (scaled, causal, softmax in fp32 internally).
             context = self.run_core_attention(self._fused_attention, q, k, v, self.training)
@@ -86,7 +86,9 @@ class SelfAttention(nn.Module):
         k, v = expand_key_value(k, v, self.heads_per_group)
         return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
-    def _explicit_attention(self, q, k, v):
+    def _attention_with_dropout(self, q, k, v):
+        """The unfused core attention: for dropout on the probabilities, and for the layer-scaled
+        softmax (which the fused kernel cannot undo in fp32)."""
         k, v = expand_key_value(k, v, self.heads_per_group)
         scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling.score_scale
         s = q.shape[-2]
