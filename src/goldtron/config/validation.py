@@ -59,6 +59,7 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
     _refuse_unimplemented_values(args, machine, problems)
     _require_flags(args, problems)
     _check_ranges(args, problems)
+    _complete_norm_epsilon(args, problems)
     problems.raise_if_any()
 
     _complete_model_shape(args, problems)
@@ -163,7 +164,6 @@ def _check_ranges(args, problems: _Problems) -> None:
                      "channels that RoPE rotates; 1.0 rotates them all).")
     if args.adam_eps <= 0 or args.layernorm_epsilon <= 0:
         problems.add("--adam-eps and --layernorm-epsilon must be positive.")
-    _complete_norm_epsilon(args, problems)
 
 
 _DEFAULT_NORM_EPSILON = 1e-5
@@ -191,6 +191,8 @@ def _complete_model_shape(args, problems: _Problems) -> None:
                      f"--tensor-model-parallel-size {tp}: each TP rank needs whole heads. Choose a TP size "
                      "that divides the head count.")
     _complete_query_groups(args, problems)
+    if args.apply_query_key_layer_scaling:
+        args.attention_softmax_in_fp32 = True  # as Megatron's TransformerConfig: the scale is undone in fp32
     for message in split_problems(PipelineSplit.from_args(args)):
         problems.add(message)
     if args.kv_channels is None:
@@ -229,8 +231,6 @@ def _complete_query_groups(args, problems: _Problems) -> None:
     own group (Megatron's TransformerConfig: num_query_groups = heads), so num_query_groups always
     says how many key/value heads the model has."""
     heads, tp, groups = args.num_attention_heads, args.tensor_model_parallel_size, args.num_query_groups
-    if args.apply_query_key_layer_scaling:
-        args.attention_softmax_in_fp32 = True  # as Megatron's TransformerConfig: the scale is undone in fp32
     if not args.group_query_attention:
         args.num_query_groups = heads
         return
