@@ -1,6 +1,7 @@
 """Checkpoints of the attention options (GQA, --qk-layernorm, RMSNorm, layer scaling), as
 test_architecture_checkpoints.py does for rope and SwiGLU:
 
+- resume with dropout on is bitwise (test_exact_resume.py's rule), at TP2;
 - a TP2 checkpoint loads at TP1 and continues within 1e-5 (test_resharding.py's rule and reason):
   the fused QKV weight is saved as the global per-group tensor, each TP rank writing its whole
   groups; a group written at the wrong offset gives a query head another group's key at TP1;
@@ -14,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from checkpoint.ckpt_runs import assert_continues_within, layout_run, train_save_rewind
+from checkpoint.ckpt_runs import assert_continues_within, layout_run, rewind, train_save_rewind
 from goldtron.checkpoint.commands import EXIT_ERROR, main as ckpt_main
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.validation import check_architecture
@@ -24,6 +25,16 @@ HEADS, GROUPS, D = 8, 2, 8  # hidden 64
 OPTIONS = ["--num-attention-heads", str(HEADS), "--group-query-attention", "--num-query-groups", str(GROUPS),
            "--qk-layernorm", "--normalization", "RMSNorm", "--apply-query-key-layer-scaling"]
 RTOL = 1e-5
+
+
+def test_resume_is_bitwise_exact_with_dropout(tmp_path):
+    """Attention and hidden dropout on (the unfused core attention: layer scaling); N=4, saved at 2."""
+    save = tmp_path / "ckpt"
+    flags = OPTIONS + ["--train-iters", "4", "--save", str(save), "--save-interval", "2", "--load", str(save)]
+    first, _ = layout_run(tmp_path, "first", "TP2PP1", flags)
+    rewind(save, 2)
+    second, _ = layout_run(tmp_path, "second", "TP2PP1", flags)
+    assert_continues_within(second, first, 2, 0.0, ("lm_loss", "grad_norm", "num_zeros", "params_norm"))
 
 
 @pytest.fixture(scope="module")
