@@ -15,7 +15,7 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from checkpoint.ckpt_runs import assert_continues_within, layout_run, rewind, train_save_rewind
+from checkpoint.ckpt_runs import assert_continues_within, layout_run, train_save_rewind, train_then_resume
 from goldtron.checkpoint.commands import EXIT_ERROR, main as ckpt_main
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.validation import check_architecture
@@ -29,11 +29,8 @@ RTOL = 1e-5
 
 def test_resume_is_bitwise_exact_with_dropout(tmp_path):
     """Attention and hidden dropout on (the unfused core attention: layer scaling); N=4, saved at 2."""
-    save = tmp_path / "ckpt"
-    flags = OPTIONS + ["--train-iters", "4", "--save", str(save), "--save-interval", "2", "--load", str(save)]
-    first, _ = layout_run(tmp_path, "first", "TP2PP1", flags)
-    rewind(save, 2)
-    second, _ = layout_run(tmp_path, "second", "TP2PP1", flags)
+    first, second, log = train_then_resume(tmp_path, "TP2PP1", OPTIONS, 4, 2)
+    assert "RNG state not restored" not in log
     assert_continues_within(second, first, 2, 0.0, ("lm_loss", "grad_norm", "num_zeros", "params_norm"))
 
 
