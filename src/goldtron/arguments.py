@@ -5,7 +5,8 @@
 
 Attribute names are argparse's dest names for Megatron's flags (--num-layers -> args.num_layers)
 with Megatron's defaults, plus derived fields: world_size, data_parallel_size, num_micro_batches,
-ffn_hidden_size, kv_channels, rotary_dim, params_dtype, lr_decay_iters, lr_decay_samples, lr_warmup_samples,
+ffn_hidden_size, kv_channels, num_query_groups (= heads without --group-query-attention),
+norm_epsilon (= layernorm_epsilon), rotary_dim, params_dtype, lr_decay_iters, lr_decay_samples, lr_warmup_samples,
 tokenizer_type, distributed_backend, torch_threads.
 
 Parsing is pure (no process group, no files, no global state), so every rank validates on its

@@ -45,6 +45,18 @@ def train_save_rewind(tmp_path: Path, layout: str, flags: list[str], iters: int,
     return save, steps
 
 
+def train_then_resume(tmp_path: Path, layout: str, flags: list[str], iters: int, half: int
+                      ) -> tuple[list[dict], list[dict], str]:
+    """Megatron's ckpt-resume: train to `iters` saving every `half`, rewind to `half`, resume to
+    `iters` with the same flags: (run 1's metrics, run 2's metrics, run 2's stdout)."""
+    save = tmp_path / "ckpt"
+    flags = flags + ["--train-iters", str(iters), "--save", str(save), "--save-interval", str(half), "--load", str(save)]
+    first, _ = layout_run(tmp_path, "first", layout, flags)
+    rewind(save, half)
+    second, log = layout_run(tmp_path, "second", layout, flags)
+    return first, second, log
+
+
 def rewind(save_dir: Path, iteration: int) -> None:
     """Keep checkpoints up to `iteration` and point the tracker at it (as Megatron's ckpt-resume
     test removes the end checkpoint before the second run)."""
@@ -58,3 +70,13 @@ def after(steps: list[dict], iteration: int) -> list[dict]:
     return [s for s in steps if s["iteration"] > iteration]
 
 
+
+
+def assert_continues_within(steps: list[dict], reference: list[dict], loaded_at: int, rtol: float,
+                            keys: tuple[str, ...] = ("lm_loss", "grad_norm")) -> None:
+    """`steps`, a run loaded at `loaded_at`, are the reference run's later steps within `rtol`."""
+    later = after(reference, loaded_at)
+    assert [s["iteration"] for s in steps] == [s["iteration"] for s in later]
+    for ours, ref in zip(steps, later, strict=True):
+        for key in keys:
+            assert relative(ours[key], ref[key]) <= rtol, (ours["iteration"], key, ours[key], ref[key])

@@ -17,6 +17,8 @@ BAD_INPUTS = {
     "world size vs TP x PP": (4, layout_flags(3, 1), ["--tensor-model-parallel-size", "world size"]),
     "heads vs TP": (4, layout_flags(4, 1) + ["--num-attention-heads", "6"], ["--num-attention-heads"]),
     "layers vs PP": (4, layout_flags(1, 4) + ["--num-layers", "6"], ["--num-layers"]),
+    "query groups vs TP": (4, layout_flags(4, 1) + ["--group-query-attention", "--num-query-groups", "2"],
+                           ["--num-query-groups 2 is not divisible by --tensor-model-parallel-size 4"]),
     "global batch vs micro x DP": (4, ["--global-batch-size", "6"], ["--global-batch-size"]),
     "seq-length vs positions": (2, ["--seq-length", "64"], ["--max-position-embeddings"]),
     "unknown backend": (2, ["--distributed-backend", "mpi"], ["--distributed-backend"]),
