@@ -28,7 +28,7 @@ import torch.distributed as dist
 from goldtron.arguments import parse_args
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.trace import KINDS
-from goldtron.training.main import build_trainer
+from goldtron.training.build import build_trainer
 
 sys.path.insert(0, __file__.rsplit("/", 1)[0])
 from hf_gpt2 import HFGPT2Runner  # noqa: E402

@@ -5,7 +5,8 @@
 
 Attribute names are argparse's dest names for Megatron's flags (--num-layers -> args.num_layers)
 with Megatron's defaults, plus derived fields: world_size, data_parallel_size, num_micro_batches,
-ffn_hidden_size, kv_channels, rotary_dim, params_dtype, lr_decay_iters, lr_decay_samples, lr_warmup_samples,
+ffn_hidden_size, kv_channels, num_query_groups (= heads without --group-query-attention),
+norm_epsilon (= layernorm_epsilon), rotary_dim, params_dtype, lr_decay_iters, lr_decay_samples, lr_warmup_samples,
 tokenizer_type, distributed_backend, torch_threads.
 
 Parsing is pure (no process group, no files, no global state), so every rank validates on its
@@ -16,6 +17,7 @@ The flag tables live in goldtron/config/; docs/flags.md is rendered from them.
 from __future__ import annotations
 
 import argparse
+import importlib.metadata
 import importlib.util
 import os
 from collections.abc import Mapping, Sequence
@@ -40,10 +42,22 @@ def parse_args(argv: Sequence[str], world_size: int = 1, *, machine: MachineFact
     return validate_and_complete(args, world_size, machine if machine is not None else machine_facts())
 
 
-def machine_facts(environ: Mapping[str, str] | None = None) -> MachineFacts:
-    """The machine facts validation depends on, read without side effects."""
+def _visible_gpus() -> int:
+    """CUDA devices torch can use here (0 without CUDA). A CPU build of torch cannot see one, and
+    its version says so (`2.13.0+cpu`): read without importing torch (~1.5 s of CPU per rank), so
+    that a bad flag stops every rank before any of them imports it."""
+    try:
+        if importlib.metadata.version("torch").endswith("+cpu"):
+            return 0
+    except importlib.metadata.PackageNotFoundError:
+        pass
     import torch
 
+    return torch.cuda.device_count() if torch.cuda.is_available() else 0
+
+
+def machine_facts(environ: Mapping[str, str] | None = None) -> MachineFacts:
+    """The machine facts validation depends on, read without side effects."""
     environ = os.environ if environ is None else environ
     raw_local_world_size = environ.get("LOCAL_WORLD_SIZE", "1")
     try:
@@ -51,10 +65,10 @@ def machine_facts(environ: Mapping[str, str] | None = None) -> MachineFacts:
     except ValueError:
         raise ConfigError(f"environment variable LOCAL_WORLD_SIZE={raw_local_world_size!r} is not an integer; "
                           "unset it or let torchrun set it.") from None
-    cuda_available = torch.cuda.is_available()
+    gpus = _visible_gpus()
     return MachineFacts(
-        cuda_available=cuda_available,
-        cuda_device_count=torch.cuda.device_count() if cuda_available else 0,
+        cuda_available=gpus > 0,
+        cuda_device_count=gpus,
         transformer_engine_installed=importlib.util.find_spec("transformer_engine") is not None,
         cpu_count=os.cpu_count() or 1,
         local_world_size=local_world_size,

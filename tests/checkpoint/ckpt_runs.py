@@ -7,7 +7,7 @@ import shutil
 from pathlib import Path
 
 from support.metrics import relative  # noqa: F401  (re-exported for the checkpoint tests)
-from support.torchrun import TINY_MODEL, layout_flags, read_metrics_file, run_train
+from support.torchrun import TINY_MODEL, batched_log, layout_flags, read_metrics_file, run_train, train_batches_and_read
 
 # name: (processes, tp, pp); DP is what is left.
 LAYOUTS = {
@@ -24,6 +24,16 @@ def layout_run(tmp_path: Path, name: str, layout: str, flags: list[str]) -> tupl
     return (read_metrics_file(metrics) if metrics.exists() else []), result.stdout
 
 
+def layout_runs(tmp_path: Path, runs: dict[str, tuple[str, list[str]]]) -> dict[str, tuple[list[dict], str]]:
+    """{name: (layout, flags)} -> {name: (per-step metrics, stdout)}, as layout_run gives for each,
+    with the runs of one process count in one launch. For runs that only read a checkpoint: a
+    save and the load that checks it run in processes of their own."""
+    batched = train_batches_and_read(tmp_path, {
+        name: (LAYOUTS[layout][0], TINY_MODEL + layout_flags(*LAYOUTS[layout][1:]) + flags)
+        for name, (layout, flags) in runs.items()})
+    return {name: (steps, batched_log(tmp_path, name)) for name, steps in batched.items()}
+
+
 def train_save_rewind(tmp_path: Path, layout: str, flags: list[str], iters: int, half: int
                       ) -> tuple[Path, list[dict]]:
     """Train to `iters` under `layout` saving at `half` (and the end), then rewind to `half`:
@@ -33,6 +43,18 @@ def train_save_rewind(tmp_path: Path, layout: str, flags: list[str], iters: int,
         "--train-iters", str(iters), "--save", str(save), "--save-interval", str(half)])
     rewind(save, half)
     return save, steps
+
+
+def train_then_resume(tmp_path: Path, layout: str, flags: list[str], iters: int, half: int
+                      ) -> tuple[list[dict], list[dict], str]:
+    """Megatron's ckpt-resume: train to `iters` saving every `half`, rewind to `half`, resume to
+    `iters` with the same flags: (run 1's metrics, run 2's metrics, run 2's stdout)."""
+    save = tmp_path / "ckpt"
+    flags = flags + ["--train-iters", str(iters), "--save", str(save), "--save-interval", str(half), "--load", str(save)]
+    first, _ = layout_run(tmp_path, "first", layout, flags)
+    rewind(save, half)
+    second, log = layout_run(tmp_path, "second", layout, flags)
+    return first, second, log
 
 
 def rewind(save_dir: Path, iteration: int) -> None:
@@ -48,3 +70,13 @@ def after(steps: list[dict], iteration: int) -> list[dict]:
     return [s for s in steps if s["iteration"] > iteration]
 
 
+
+
+def assert_continues_within(steps: list[dict], reference: list[dict], loaded_at: int, rtol: float,
+                            keys: tuple[str, ...] = ("lm_loss", "grad_norm")) -> None:
+    """`steps`, a run loaded at `loaded_at`, are the reference run's later steps within `rtol`."""
+    later = after(reference, loaded_at)
+    assert [s["iteration"] for s in steps] == [s["iteration"] for s in later]
+    for ours, ref in zip(steps, later, strict=True):
+        for key in keys:
+            assert relative(ours[key], ref[key]) <= rtol, (ours["iteration"], key, ours[key], ref[key])

@@ -11,7 +11,7 @@ same-layout resume reproduces them bit for bit.
 import pytest
 import torch
 
-from checkpoint.ckpt_runs import after, layout_run, relative, rewind
+from checkpoint.ckpt_runs import after, layout_run, layout_runs, relative, rewind
 from goldtron.checkpoint.commands import main as ckpt_main
 from support.torchrun import NO_DROPOUT
 
@@ -34,10 +34,18 @@ def tp2pp2(tmp_path_factory):
     return save, steps
 
 
+@pytest.fixture(scope="module")
+def continued(tp2pp2, tmp_path_factory):
+    """Every target layout loads the TP2 x PP2 checkpoint and trains to N (no save: it only reads)."""
+    save, _ = tp2pp2
+    return layout_runs(tmp_path_factory.mktemp("targets"), {
+        layout: (layout, NO_DROPOUT + ["--train-iters", str(N), "--load", str(save)]) for layout in TARGETS})
+
+
 @pytest.mark.parametrize("layout", TARGETS)
-def test_tp2pp2_checkpoint_continues_under(layout, tp2pp2, tmp_path):
-    save, reference = tp2pp2
-    steps, log = layout_run(tmp_path, layout, layout, NO_DROPOUT + ["--train-iters", str(N), "--load", str(save)])
+def test_tp2pp2_checkpoint_continues_under(layout, tp2pp2, continued):
+    _, reference = tp2pp2
+    steps, log = continued[layout]
     assert "RNG state not restored" in log and "TP2 x PP2 x DP1" in log
     assert [s["iteration"] for s in steps] == list(range(HALF + 1, N + 1))
     for ours, ref in zip(steps, after(reference, HALF)):

@@ -7,7 +7,7 @@ layout, dropout on. The even PP4 split (2,2,2,2) loads it too: same TP/PP/DP, ot
 
 import pytest
 
-from checkpoint.ckpt_runs import after, layout_run, relative, rewind, train_save_rewind
+from checkpoint.ckpt_runs import after, layout_run, layout_runs, relative, rewind, train_save_rewind
 from goldtron.checkpoint.commands import main as ckpt_main
 from support.torchrun import NO_DROPOUT
 
@@ -22,13 +22,23 @@ def uneven_pp4(tmp_path_factory):
     return train_save_rewind(tmp_path_factory.mktemp("uneven"), "PP4", UNEVEN + NO_DROPOUT, 4, 2)
 
 
-@pytest.mark.parametrize("layout", ["PP2", "TP1PP1", "PP4"])
-def test_uneven_checkpoint_continues_under_an_even_layout(layout, uneven_pp4, tmp_path):
+EVEN_TARGETS = ["PP2", "TP1PP1", "PP4"]
+
+
+@pytest.fixture(scope="module")
+def continued(uneven_pp4, tmp_path_factory):
+    """Every even layout loads the uneven checkpoint and trains to 4 (no save: it only reads)."""
+    save, _ = uneven_pp4
+    return layout_runs(tmp_path_factory.mktemp("even"), {
+        layout: (layout, EIGHT_LAYERS + NO_DROPOUT + ["--train-iters", "4", "--load", str(save)]) for layout in EVEN_TARGETS})
+
+
+@pytest.mark.parametrize("layout", EVEN_TARGETS)
+def test_uneven_checkpoint_continues_under_an_even_layout(layout, uneven_pp4, continued):
     """PP4 even (2,2,2,2): same TP, PP and DP but other layers per stage, so each rank's random
     streams drew for other layers and are not restored either."""
-    save, reference = uneven_pp4
-    steps, log = layout_run(tmp_path, layout, layout, EIGHT_LAYERS + NO_DROPOUT + ["--train-iters", "4",
-                                                                                    "--load", str(save)])
+    _, reference = uneven_pp4
+    steps, log = continued[layout]
     assert "RNG state not restored" in log and "TP1 x PP4 x DP1 (layers per stage 1,3,3,1)" in log
     assert [s["iteration"] for s in steps] == [3, 4]
     for ours, ref in zip(steps, after(reference, 2), strict=True):

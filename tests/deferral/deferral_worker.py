@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from goldtron.arguments import parse_args
 from goldtron.parallel.state import ParallelState
-from goldtron.training.main import build_trainer
+from goldtron.training.build import build_trainer
 
 
 def _observe_buffer(buffer, per_step: dict) -> None:

@@ -1,5 +1,5 @@
-"""The --swiglu MLP (with and without biases), the bias-free GeLU MLP and the bias-free rope
-attention at TP 2 and 4 equal their single-process twins (forward, input- and weight-gradients),
+"""The --swiglu MLP (with and without biases), the bias-free GeLU MLP, the bias-free rope
+attention and the grouped-query attention with --qk-layernorm (LayerNorm, RMSNorm) at TP 2 and 4 equal their single-process twins (forward, input- and weight-gradients),
 on each rank of a 4-process gloo job; see the script for the tolerance and its reason."""
 
 from pathlib import Path

@@ -6,7 +6,7 @@ test_layouts.py gives (the same sums in other orders; a wrong shard is 1e-2 or m
 import pytest
 
 from checkpoint.ckpt_runs import relative
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_batches_and_read
 
 ARCHITECTURE = ["--position-embedding-type", "rope", "--swiglu", "--disable-bias-linear"]
 FLAGS = TINY_MODEL + NO_DROPOUT + ARCHITECTURE + ["--train-iters", "10"]
@@ -15,14 +15,15 @@ RTOL = 1e-5
 
 
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory):
-    return train_and_read(tmp_path_factory.mktemp("single"), "run", 1, FLAGS)
+def runs(tmp_path_factory) -> dict[str, list[dict]]:
+    """The single-process run and every layout; those of one process count in one launch."""
+    layouts = {name: (nproc, FLAGS + layout_flags(tp, pp)) for name, (nproc, tp, pp) in LAYOUTS.items()}
+    return train_batches_and_read(tmp_path_factory.mktemp("architecture"), {"single": (1, FLAGS), **layouts})
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_architecture_layout_equals_single_process(name, single_process, tmp_path):
-    nproc, tp, pp = LAYOUTS[name]
-    steps = train_and_read(tmp_path, name, nproc, FLAGS + layout_flags(tp, pp))
+def test_architecture_layout_equals_single_process(name, runs):
+    steps, single_process = runs[name], runs["single"]
     assert [s["iteration"] for s in steps] == list(range(1, 11))
     for ours, ref in zip(steps, single_process):
         for key in ("lm_loss", "grad_norm", "params_norm"):

@@ -10,13 +10,15 @@ from pathlib import Path
 
 import pytest
 
-from support.torchrun import EVERY_RANK_MONITOR_INTERVAL_S, TINY_MODEL, free_port, layout_flags, run_train
+from support.torchrun import FLAG_ERROR_MONITOR_INTERVAL_S, TINY_MODEL, free_port, layout_flags, run_train
 
 BAD_INPUTS = {
     # name: (processes, extra flags, words the message must contain)
     "world size vs TP x PP": (4, layout_flags(3, 1), ["--tensor-model-parallel-size", "world size"]),
     "heads vs TP": (4, layout_flags(4, 1) + ["--num-attention-heads", "6"], ["--num-attention-heads"]),
     "layers vs PP": (4, layout_flags(1, 4) + ["--num-layers", "6"], ["--num-layers"]),
+    "query groups vs TP": (4, layout_flags(4, 1) + ["--group-query-attention", "--num-query-groups", "2"],
+                           ["--num-query-groups 2 is not divisible by --tensor-model-parallel-size 4"]),
     "global batch vs micro x DP": (4, ["--global-batch-size", "6"], ["--global-batch-size"]),
     "seq-length vs positions": (2, ["--seq-length", "64"], ["--max-position-embeddings"]),
     "unknown backend": (2, ["--distributed-backend", "mpi"], ["--distributed-backend"]),
@@ -28,14 +30,14 @@ BAD_INPUTS = {
 def test_bad_input_fails_on_every_rank(name):
     nproc, extra, words = BAD_INPUTS[name]
     result = run_train(nproc, TINY_MODEL + ["--train-iters", "2"] + extra, timeout=90, check=False,
-                       monitor_interval=EVERY_RANK_MONITOR_INTERVAL_S)
+                       monitor_interval=FLAG_ERROR_MONITOR_INTERVAL_S)
     assert result.returncode != 0
     for rank in range(nproc):
         assert f"error (rank {rank})" in result.stderr, (name, result.stderr[-2000:])
     for word in words:
         assert word in result.stderr, (name, word, result.stderr[-2000:])
     # torchrun prints its own traceback for a failed child; goldtron's code must not appear in one.
-    assert 'goldtron/training/main.py", line' not in result.stderr, "a configuration error must not be a crash"
+    assert 'goldtron/training/' not in result.stderr, "a configuration error must not be a crash"
 
 
 def _children(pid: int) -> list[int]:

@@ -13,7 +13,7 @@ moments plus half of the gradients.
 import pytest
 
 from support.metrics import relative
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read, train_batches_and_read
 
 ITERS = ["--train-iters", "10"]
 DISTOPT = ["--use-distributed-optimizer"]
@@ -23,14 +23,24 @@ LAYOUTS = {"DP2": (2, 1, 1), "TP2xDP2": (4, 2, 1), "PP2xDP2": (4, 1, 2), "DP4": 
 BITWISE = {"DP2", "TP2xDP2", "PP2xDP2"}
 LAYOUT_RTOL = 1e-5  # tests/distributed/test_layouts.py
 NORM_RTOL = 1e-14
+MEMORY_FLAGS = TINY_MODEL + NO_DROPOUT + ["--train-iters", "3", "--log-memory-to-tensorboard"]
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory) -> dict[str, list[dict]]:
+    """Each layout with and without the flag, and the memory pair: those of one process count in
+    one launch (batch_worker.py: each run built from its own flags)."""
+    runs = {"memory plain": (2, MEMORY_FLAGS), "memory sharded": (2, MEMORY_FLAGS + DISTOPT)}
+    for name, (nproc, tp, pp) in LAYOUTS.items():
+        flags = TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp)
+        runs[f"{name} plain"] = (nproc, flags)
+        runs[f"{name} sharded"] = (nproc, flags + DISTOPT)
+    return train_batches_and_read(tmp_path_factory.mktemp("distopt"), runs)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_distributed_optimizer_equals_plain_and_single_process(name, tiny_single_process, tmp_path):
-    nproc, tp, pp = LAYOUTS[name]
-    flags = TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp)
-    plain = train_and_read(tmp_path, "plain", nproc, flags)
-    sharded = train_and_read(tmp_path, "sharded", nproc, flags + DISTOPT)
+def test_distributed_optimizer_equals_plain_and_single_process(name, runs, tiny_single_process):
+    plain, sharded = runs[f"{name} plain"], runs[f"{name} sharded"]
     assert [s["iteration"] for s in sharded] == list(range(1, 11))
     for ours, ref, single in zip(sharded, plain, tiny_single_process):
         it = ours["iteration"]
@@ -52,10 +62,8 @@ def test_one_data_parallel_rank_is_the_plain_optimizer_bit_for_bit(tiny_single_p
     assert [[s[k] for k in keys] for s in flagged] == [[s[k] for k in keys] for s in tiny_single_process]
 
 
-def test_sharded_adam_state_lowers_allocated_bytes(tmp_path):
-    flags = TINY_MODEL + NO_DROPOUT + ["--train-iters", "3", "--log-memory-to-tensorboard"]
-    plain = train_and_read(tmp_path, "plain", 2, flags)
-    sharded = train_and_read(tmp_path, "sharded", 2, flags + DISTOPT)
+def test_sharded_adam_state_lowers_allocated_bytes(runs):
+    plain, sharded = runs["memory plain"], runs["memory sharded"]
     # Plain, after a step: fp32 parameters, gradients and Adam's two moments, four model copies
     # (plus 4-byte step counters). Sharded: the parameters, this rank's half of the gradients
     # (the full ones are freed once reduce-scattered) and its half of the moments: the saving is

@@ -8,7 +8,7 @@ Tolerance 1e-5 relative (support/metrics.py says why).
 import pytest
 
 from support.metrics import assert_same_training
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read, train_batches_and_read
 
 ITERS = ["--train-iters", "10"]
 LAYOUTS = {  # name: (processes, tp, pp)
@@ -21,17 +21,31 @@ LAYOUTS = {  # name: (processes, tp, pp)
 }
 
 
+@pytest.fixture(scope="module")
+def layout_runs(tmp_path_factory) -> dict[str, list[dict]]:
+    """Every layout's 10 steps, those of one process count in one launch (a launch costs more than
+    the run; each run still builds everything from its flags)."""
+    return train_batches_and_read(tmp_path_factory.mktemp("layouts"), {
+        name: (nproc, TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp)) for name, (nproc, tp, pp) in LAYOUTS.items()})
+
+
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_layout_equals_single_process(name, tiny_single_process, tmp_path):
-    nproc, tp, pp = LAYOUTS[name]
-    steps = train_and_read(tmp_path, name, nproc, TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp))
+def test_layout_equals_single_process(name, layout_runs, tiny_single_process):
+    steps = layout_runs[name]
     assert [s["iteration"] for s in steps] == list(range(1, 11))
     assert_same_training(steps, tiny_single_process, name)
 
 
-def test_identical_runs_are_bitwise_identical(tiny_single_process, tmp_path):
-    again = train_and_read(tmp_path, "again", 1, TINY_MODEL + NO_DROPOUT + ITERS)
-    assert [(s["lm_loss"], s["grad_norm"]) for s in again] == [(s["lm_loss"], s["grad_norm"]) for s in tiny_single_process]
+def test_identical_runs_are_bitwise_identical_and_a_batch_leaks_nothing(tiny_single_process, tmp_path):
+    """The single-process run again, in another process, second in a batch after a run with other
+    flags (dropout, another seed): bitwise the session's own launch of it. So runs repeat across
+    processes, and a batched run (the layout checks above) is the run it would be alone."""
+    runs = train_batches_and_read(tmp_path, {
+        "other first": (1, TINY_MODEL + ITERS + ["--seed", "7"]),
+        "again": (1, TINY_MODEL + NO_DROPOUT + ITERS)})
+    assert [(s["lm_loss"], s["grad_norm"]) for s in runs["again"]] == \
+        [(s["lm_loss"], s["grad_norm"]) for s in tiny_single_process]
+    assert runs["other first"][0]["lm_loss"] != runs["again"][0]["lm_loss"]
 
 
 def test_identical_tp2_pp2_runs_with_dropout_are_bitwise_identical(tmp_path):

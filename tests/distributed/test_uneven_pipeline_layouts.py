@@ -9,7 +9,7 @@ first stage the embedding alone (Megatron allows it), checked on a 1-layer model
 
 import pytest
 from support.metrics import assert_same_training
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_batches_and_read
 
 ITERS = ["--train-iters", "10"]
 EIGHT_LAYERS = ["--num-layers", "8"]
@@ -22,24 +22,29 @@ LAYOUTS = {  # name: (processes, tp, pp, split flags); the layers per stage in t
 }
 
 
+EIGHT = TINY_MODEL + EIGHT_LAYERS + NO_DROPOUT + ITERS
+ONE_LAYER = TINY_MODEL + ["--num-layers", "1"] + NO_DROPOUT + ["--train-iters", "5"]
+
+
 @pytest.fixture(scope="module")
-def single_process(tmp_path_factory):
-    return train_and_read(tmp_path_factory.mktemp("single8"), "run", 1, TINY_MODEL + EIGHT_LAYERS + NO_DROPOUT + ITERS)
+def runs(tmp_path_factory) -> dict[str, list[dict]]:
+    """Both single-process references and every layout; those of one process count in one launch."""
+    layouts = {name: (nproc, EIGHT + layout_flags(tp, pp) + split) for name, (nproc, tp, pp, split) in LAYOUTS.items()}
+    return train_batches_and_read(tmp_path_factory.mktemp("uneven"), {
+        "single": (1, EIGHT), "single one layer": (1, ONE_LAYER), **layouts,
+        "PP2 account embedding (0,1)": (2, ONE_LAYER + layout_flags(1, 2) + ["--account-for-embedding-in-pipeline-split"]),
+    })
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
-def test_uneven_layout_equals_single_process(name, single_process, tmp_path):
-    nproc, tp, pp, split = LAYOUTS[name]
-    steps = train_and_read(tmp_path, "run", nproc, TINY_MODEL + EIGHT_LAYERS + NO_DROPOUT + ITERS
-                           + layout_flags(tp, pp) + split)
+def test_uneven_layout_equals_single_process(name, runs):
+    steps = runs[name]
     assert len(steps) == 10
-    assert_same_training(steps, single_process, name)
+    assert_same_training(steps, runs["single"], name)
 
 
-def test_first_stage_with_the_embedding_alone_equals_single_process(tmp_path):
-    one_layer = TINY_MODEL + ["--num-layers", "1"] + NO_DROPOUT + ["--train-iters", "5"]
-    reference = train_and_read(tmp_path, "single", 1, one_layer)
-    steps = train_and_read(tmp_path, "pp2", 2, one_layer + layout_flags(1, 2)
-                           + ["--account-for-embedding-in-pipeline-split"])
+def test_first_stage_with_the_embedding_alone_equals_single_process(runs):
+    name = "PP2 account embedding (0,1)"
+    steps = runs[name]
     assert len(steps) == 5
-    assert_same_training(steps, reference, "PP2 account embedding (0,1)")
+    assert_same_training(steps, runs["single one layer"], name)

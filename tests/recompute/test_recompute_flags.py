@@ -2,7 +2,7 @@
 named and the fix, on every rank before any collective (so a bad run exits instead of hanging)."""
 
 import pytest
-from support.torchrun import EVERY_RANK_MONITOR_INTERVAL_S, TINY_MODEL, layout_flags, run_train
+from support.torchrun import FLAG_ERROR_MONITOR_INTERVAL_S, TINY_MODEL, layout_flags, run_train
 
 from goldtron.arguments import ConfigError, parse_args
 from goldtron.config.megatron_flags import describe_unimplemented
@@ -72,10 +72,10 @@ def test_related_megatron_flags_still_refused_by_name():
 def test_bad_combination_stops_every_rank(name):
     """Launched on 2 ranks (the PP2 case on two stages): each rank prints the error and the job fails."""
     pp, flags, words = BAD[name]
-    result = run_train(2, [*_argv(pp, flags)], timeout=90, check=False, monitor_interval=EVERY_RANK_MONITOR_INTERVAL_S)
+    result = run_train(2, [*_argv(pp, flags)], timeout=90, check=False, monitor_interval=FLAG_ERROR_MONITOR_INTERVAL_S)
     assert result.returncode != 0
     for rank in range(2):
         assert f"error (rank {rank})" in result.stderr, (name, result.stderr[-2000:])
     for word in words:
         assert word in result.stderr, (name, word)
-    assert 'goldtron/training/main.py", line' not in result.stderr, "a configuration error must not be a crash"
+    assert 'goldtron/training/' not in result.stderr, "a configuration error must not be a crash"

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from support.torchrun import TINY_MODEL, layout_flags, train_and_read
+from support.torchrun import TINY_MODEL, layout_flags, train_batches_and_read
 
 from goldtron.arguments import ConfigError, parse_args
 from goldtron.model.gpt import GPTStage
@@ -69,8 +69,8 @@ def test_n_up_to_the_largest_stage_is_accepted():
 def test_block_recompute_on_uneven_pp4_is_bitwise_the_plain_run(tmp_path: Path):
     """Dropout on: a recompute with other masks, or on other layers than the stage's, would differ."""
     flags = [*TINY_MODEL, *UNEVEN, *layout_flags(1, 4), *DROPOUT_ON, "--train-iters", "3"]
-    plain = train_and_read(tmp_path, "plain", 4, flags)
-    block = train_and_read(tmp_path, "block", 4, flags + full("block", 2))
+    runs = train_batches_and_read(tmp_path, {"plain": (4, flags), "block": (4, flags + full("block", 2))})
+    plain, block = runs["plain"], runs["block"]
     keys = ("lm_loss", "grad_norm", "params_norm", "num_zeros")
     assert len(plain) == 3
     assert [[s[k] for k in keys] for s in block] == [[s[k] for k in keys] for s in plain]

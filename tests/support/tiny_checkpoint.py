@@ -8,9 +8,11 @@ import subprocess
 import sys
 from pathlib import Path
 
+# --seq-length 64, not less: mock data is one epoch of ~205M tokens, indexed and shuffled whole at
+# every start (Megatron's order), so a shorter sequence means more samples (seq 8: 25M, seconds).
 TINY_FLAGS = [
-    "--num-layers", "1", "--hidden-size", "16", "--num-attention-heads", "2", "--seq-length", "8",
-    "--max-position-embeddings", "8", "--micro-batch-size", "1", "--global-batch-size", "2",
+    "--num-layers", "1", "--hidden-size", "16", "--num-attention-heads", "2", "--seq-length", "64",
+    "--max-position-embeddings", "64", "--micro-batch-size", "1", "--global-batch-size", "2",
     "--lr", "1e-3", "--lr-decay-iters", "8", "--mock-data", "--tokenizer-type", "NullTokenizer", "--vocab-size", "100",
     "--log-interval", "1", "--log-num-zeros-in-grad", "--log-params-norm", "--torch-threads", "1", "--eval-iters", "0",
     "--deterministic-mode",

@@ -38,8 +38,10 @@ def layout_flags(tp: int = 1, pp: int = 1) -> list[str]:
 
 # torchrun ends the other ranks at its first look after one rank exits. A test that wants every
 # rank's own error message gives the slower ranks (still importing torch on a loaded machine)
-# this long to reach their flag validation first.
+# this long to reach their error first.
 EVERY_RANK_MONITOR_INTERVAL_S = 5.0
+# A bad flag stops a rank before it imports torch: ~0.4 s alone, ~1 s for 4 ranks on 2 cores.
+FLAG_ERROR_MONITOR_INTERVAL_S = 2.5
 
 
 def run_train(nproc: int, flags: list[str], timeout: float = 240, env: dict | None = None,
@@ -80,6 +82,32 @@ def train_and_read(tmp_path: Path, name: str, nproc: int, flags: list[str], **kw
     env = dict(kwargs.pop("env", None) or {}, GOLDTRON_METRICS_FILE=str(metrics))
     run_train(nproc, flags, env=env, **kwargs)
     return read_metrics_file(metrics)
+
+
+BATCH_WORKER = Path(__file__).with_name("batch_worker.py")
+
+
+def train_batches_and_read(out_dir: Path, runs: dict[str, tuple[int, list[str]]],
+                           timeout_per_run: float = 60) -> dict[str, list[dict]]:
+    """{name: (processes, flags)} -> {name: per-step records}: the runs of each process count in
+    one torchrun launch (batch_worker.py), each with its own metrics file under out_dir/name."""
+    import json
+
+    by_nproc: dict[int, dict] = {}
+    for name, (nproc, flags) in runs.items():
+        (out_dir / name).mkdir(parents=True, exist_ok=True)
+        by_nproc.setdefault(nproc, {})[name] = {"flags": flags, "metrics": str(out_dir / name / "metrics.jsonl")}
+    for nproc, batch in by_nproc.items():
+        spec = out_dir / f"batch-{nproc}.json"
+        spec.write_text(json.dumps({"runs": batch}))
+        run_script(nproc, BATCH_WORKER, [str(spec)], timeout=60 + timeout_per_run * len(batch))
+    return {name: read_metrics_file(out_dir / name / "metrics.jsonl") for name in runs}
+
+
+def batched_log(out_dir: Path, name: str) -> str:
+    """What run `name` of train_batches_and_read(out_dir, ...) printed, all ranks, rank order."""
+    logs = sorted((out_dir / name).glob("stdout.rank*.log"), key=lambda path: int(path.stem.split("rank")[1]))
+    return "".join(path.read_text() for path in logs)
 
 
 def run_script(nproc: int, script: str | Path, args: list[str] | None = None, timeout: float = 180,

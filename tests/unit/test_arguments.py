@@ -257,7 +257,7 @@ def test_transformer_engine_is_refused_honestly(te_installed, wording):
 
 
 @pytest.mark.parametrize("flag, value", [
-    ("--position-embedding-type", "mrope"), ("--normalization", "RMSNorm"), ("--ckpt-format", "torch"),
+    ("--position-embedding-type", "mrope"), ("--ckpt-format", "torch"),
     ("--optimizer", "sgd"), ("--lr-decay-style", "WSD"), ("--tokenizer-type", "HuggingFaceTokenizer"),
 ])
 def test_unimplemented_megatron_values_are_refused(flag, value):

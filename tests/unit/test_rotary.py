@@ -77,7 +77,8 @@ def _attention_args(**changes) -> Namespace:
     args = dict(hidden_size=32, num_attention_heads=2, kv_channels=16, attention_dropout=0.0,
                 attention_softmax_in_fp32=False, params_dtype=torch.float32, init_method_std=0.3, num_layers=2,
                 seed=5, add_bias_linear=True, position_embedding_type="rope", rotary_dim=8, rotary_base=10000,
-                recompute_granularity=None)
+                recompute_granularity=None, num_query_groups=2, qk_layernorm=False,
+                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5)
     args.update(changes)
     return Namespace(**args)
 
@@ -88,7 +89,7 @@ def test_attention_rotates_queries_and_keys_not_values():
     args = _attention_args()
     ps = ParallelState(world_size=1, rank=0, tp_size=1, pp_size=1, dp_size=1, device=torch.device("cpu"),
                        backend="gloo")
-    attention = SelfAttention(args, ps, "decoder.layers.0.self_attention", DropoutRNG(args.seed, 0, 0, ps.device))
+    attention = SelfAttention(args, ps, "decoder.layers.0.self_attention", DropoutRNG(args.seed, 0, 0, ps.device), 1)
     x = torch.randn(2, 9, 32, generator=torch.Generator().manual_seed(3))
     with torch.no_grad():
         qkv = F.linear(x, attention.linear_qkv.weight, attention.linear_qkv.bias).view(2, 9, 2, 3, 16)
@@ -102,6 +103,6 @@ def test_attention_rotates_queries_and_keys_not_values():
     assert expected.abs().max() > 0.5  # large enough weights that positions change the scores a lot
     torch.testing.assert_close(ours.double(), expected, atol=1e-5, rtol=1e-5)
     without = SelfAttention(_attention_args(position_embedding_type="learned_absolute"), ps,
-                            "decoder.layers.0.self_attention", DropoutRNG(args.seed, 0, 0, ps.device))
+                            "decoder.layers.0.self_attention", DropoutRNG(args.seed, 0, 0, ps.device), 1)
     with torch.no_grad():
         assert (without(x) - ours).abs().max() > 0.05  # rope changed the result

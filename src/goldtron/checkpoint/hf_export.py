@@ -5,11 +5,14 @@ goldtron's GPT is GPT-2's architecture (learned absolute positions, pre-LN block
 attention with biases, final LN, exact GeLU), so the export is a renaming plus two layout changes:
 GPT-2's linears are `Conv1D` ([in, out], the transpose of `nn.Linear`), and its fused `c_attn`
 holds [q | k | v] blocks where goldtron's `linear_qkv` is head-major (q, k, v of head 0, then
-head 1, ...; see `model/transformer.py: _qkv_full_weight`).
+head 1, ...; see `model/qkv_layout.py`).
 
-Refused, because GPT-2 has no place for them: rotary position embeddings and the SwiGLU MLP
-(`--to torch` exports those checkpoints). A model trained with `--disable-bias-linear` is exported
-with zero biases in GPT-2's linears, which computes the same.
+Refused, because GPT-2 has no place for them: rotary position embeddings, the SwiGLU MLP, RMSNorm,
+grouped-query attention (fewer key/value heads than query heads) and --qk-layernorm (`--to torch`
+exports those checkpoints). A model trained with --apply-query-key-layer-scaling exports as it is:
+the scaling is undone inside its softmax, so GPT-2's plain 1/sqrt(d) computes the same up to
+rounding. A model trained with `--disable-bias-linear` is exported with zero biases in GPT-2's
+linears, which computes the same.
 
 The weights go in `pytorch_model.bin` (torch.save) rather than model.safetensors so that export
 needs nothing beyond torch; transformers reads both.
@@ -64,6 +67,12 @@ def _check_expressible(args: Namespace) -> None:
                         "it has no rotary embeddings)")
     if getattr(args, "swiglu", False):
         problems.append("--swiglu (GPT-2's MLP is fc2(gelu(fc1 x)); it has no gated SwiGLU MLP)")
+    groups = getattr(args, "num_query_groups", args.num_attention_heads)
+    if groups != args.num_attention_heads:
+        problems.append(f"--group-query-attention with --num-query-groups {groups} (GPT-2 has a key and a value "
+                        f"head per query head, {args.num_attention_heads} here; it cannot share them)")
+    if getattr(args, "qk_layernorm", False):
+        problems.append("--qk-layernorm (GPT-2 has no norm on queries and keys)")
     if args.kv_channels * args.num_attention_heads != args.hidden_size:
         problems.append(f"kv_channels {args.kv_channels} x {args.num_attention_heads} heads != hidden "
                         f"{args.hidden_size} (GPT-2's head size is hidden / heads)")

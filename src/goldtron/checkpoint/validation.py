@@ -148,11 +148,24 @@ def _check_objects(path: str, metadata: Metadata) -> None:
 # Flags that change which tensors a layer has or what they compute, with the values a checkpoint
 # saved before they existed implies. Without this check a learned-position or biased checkpoint
 # would load into a rope or bias-free model with the extra tensors silently left unused.
+# num_query_groups is the resolved count of key/value heads (heads without GQA), so a GQA model with
+# as many groups as heads, which is plain multi-head attention bit for bit, loads into one.
 ARCHITECTURE_FLAGS = {
     "position_embedding_type": ("--position-embedding-type", "learned_absolute"),
     "swiglu": ("--swiglu", False),
     "add_bias_linear": ("--disable-bias-linear", True),
+    "normalization": ("--normalization", "LayerNorm"),
+    "qk_layernorm": ("--qk-layernorm", False),
+    "num_query_groups": ("--group-query-attention --num-query-groups", None),
 }
+
+
+def _architecture_value(recorded: dict, dest: str, default):
+    """`dest` as a run's arguments record it. A record from before the flag existed is the model
+    without it; before num_query_groups existed, a key/value head per attention head."""
+    if dest == "num_query_groups" and dest not in recorded:
+        return recorded.get("num_attention_heads")
+    return recorded.get(dest, default)
 
 
 def check_architecture(saved_args: dict | None, args, path: str) -> None:
@@ -161,7 +174,7 @@ def check_architecture(saved_args: dict | None, args, path: str) -> None:
         return  # no saved flags: the key and shape checks are all there is
     problems = []
     for dest, (flag, default) in ARCHITECTURE_FLAGS.items():
-        saved, ours = saved_args.get(dest, default), getattr(args, dest)
+        saved, ours = _architecture_value(saved_args, dest, default), _architecture_value(vars(args), dest, default)
         if saved != ours:
             problems.append(f"{flag}: {dest} {saved!r} in the checkpoint, {ours!r} in this run")
     if problems:

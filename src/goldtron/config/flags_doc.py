@@ -54,6 +54,11 @@ Megatron's int(4 x hidden x 2/3 / 64) x 64), `kv_channels`
 lr_decay_samples`, or `lr_warmup_iters x global batch`.
 `position_embedding_type` is `rope` with `--use-rotary-position-embeddings` (Megatron's legacy
 flag); `rotary_dim` = int(kv_channels x rotary_percent), the channels of each head RoPE rotates.
+`num_query_groups` is the number of key/value heads: `--num-query-groups` with
+`--group-query-attention`, else the head count (Megatron's TransformerConfig; `--num-query-groups`
+alone is ignored, as there). `norm_epsilon` and `layernorm_epsilon` hold one value: `--norm-epsilon`
+(Megatron's name) or `--layernorm-epsilon`, default 1e-5. `--apply-query-key-layer-scaling` sets
+`attention_softmax_in_fp32`, as Megatron does.
 `padded_vocab_size(V, make_vocab_size_divisible_by, TP)` = ceil(V / (d x TP)) x d x TP
 (GPT-2 50257: 50304 at TP1, 50432 at TP2, 50688 at TP4).
 """
@@ -99,7 +104,7 @@ def render_flags_markdown() -> str:
     lines += ["", "## Megatron flags goldtron refuses", "",
               "These name Megatron features goldtron does not have; passing one is a `ConfigError`",
               "naming it. So are Megatron values of implemented flags other than the ones listed above",
-              "(e.g. `--position-embedding-type mrope`, `--normalization RMSNorm`, `--fp16`). Any other",
+              "(e.g. `--position-embedding-type mrope`, `--optimizer sgd`, `--fp16`). Any other",
               "unknown flag is refused as unknown.", "", "| flag | Megatron feature |", "|---|---|"]
     for flag, feature in UNIMPLEMENTED_FLAGS.items():
         lines.append(f"| `{flag}` | {feature} |")

@@ -59,9 +59,24 @@ def _add_model_flags(g) -> None:
     g.add_argument("--attention-softmax-in-fp32", action="store_true", help="softmax in fp32 under --bf16")
     g.add_argument("--init-method-std", type=float, default=0.02,
                    help="std of normal init; output projections use std / sqrt(2 x layers)")
-    g.add_argument("--layernorm-epsilon", type=float, default=1e-5, help="LayerNorm epsilon")
+    g.add_argument("--layernorm-epsilon", type=float, default=1e-5,
+                   help="goldtron's name for --norm-epsilon (the two must agree when both are given)")
+    g.add_argument("--norm-epsilon", type=float, default=None,
+                   help="epsilon of LayerNorm and RMSNorm (Megatron's name); default --layernorm-epsilon, 1e-5")
     g.add_argument("--normalization", default="LayerNorm", choices=["LayerNorm", "RMSNorm"],
-                   help="only LayerNorm is implemented")
+                   help="LayerNorm, or RMSNorm: x / sqrt(mean(x^2) + eps) x weight, no bias")
+    g.add_argument("--group-query-attention", action="store_true",
+                   help="grouped-query attention: --num-query-groups key/value heads, each shared by "
+                        "heads / groups query heads")
+    g.add_argument("--num-query-groups", type=int, default=1,
+                   help="key/value heads with --group-query-attention (1: multi-query); ignored without it, "
+                        "as in Megatron")
+    g.add_argument("--qk-layernorm", action="store_true",
+                   help="normalize each head's queries and keys (over the head's channels, the kind "
+                        "--normalization names) before RoPE")
+    g.add_argument("--apply-query-key-layer-scaling", action="store_true",
+                   help="scale the scores of layer L by 1/L more, multiplied back in the fp32 softmax "
+                        "(an fp16 range guard; the same result up to rounding; turns on --attention-softmax-in-fp32)")
     g.add_argument("--position-embedding-type", default="learned_absolute",
                    choices=["learned_absolute", "rope", "mrope", "relative", "none"],
                    help="learned_absolute or rope are implemented")

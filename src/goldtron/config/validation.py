@@ -59,6 +59,7 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
     _refuse_unimplemented_values(args, machine, problems)
     _require_flags(args, problems)
     _check_ranges(args, problems)
+    _complete_norm_epsilon(args, problems)
     problems.raise_if_any()
 
     _complete_model_shape(args, problems)
@@ -90,7 +91,7 @@ def _refuse_unimplemented_values(args, machine: MachineFacts, problems: _Problem
     if args.use_rotary_position_embeddings:
         args.position_embedding_type = "rope"  # Megatron's legacy spelling, resolved as Megatron does
     unimplemented_values = [
-        ("--normalization", args.normalization, ("LayerNorm",)),
+        ("--normalization", args.normalization, ("LayerNorm", "RMSNorm")),
         ("--position-embedding-type", args.position_embedding_type, ("learned_absolute", "rope")),
         ("--optimizer", args.optimizer, ("adam",)),
         ("--ckpt-format", args.ckpt_format, ("torch_dist",)),
@@ -165,12 +166,33 @@ def _check_ranges(args, problems: _Problems) -> None:
         problems.add("--adam-eps and --layernorm-epsilon must be positive.")
 
 
+_DEFAULT_NORM_EPSILON = 1e-5
+
+
+def _complete_norm_epsilon(args, problems: _Problems) -> None:
+    """--norm-epsilon (Megatron's name) and --layernorm-epsilon (goldtron's) are one value: both
+    fields end up holding it. Given both, they must agree (a non-default --layernorm-epsilon that
+    differs from --norm-epsilon is a contradiction, not a choice)."""
+    if args.norm_epsilon is None:
+        args.norm_epsilon = args.layernorm_epsilon
+        return
+    if args.norm_epsilon <= 0:
+        problems.add(f"--norm-epsilon {args.norm_epsilon}: must be positive.")
+    if args.layernorm_epsilon not in (_DEFAULT_NORM_EPSILON, args.norm_epsilon):
+        problems.add(f"--norm-epsilon {args.norm_epsilon} and --layernorm-epsilon {args.layernorm_epsilon} disagree; "
+                     "they name the same epsilon: give one of them.")
+    args.layernorm_epsilon = args.norm_epsilon
+
+
 def _complete_model_shape(args, problems: _Problems) -> None:
     tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
     if args.num_attention_heads % tp:
         problems.add(f"--num-attention-heads {args.num_attention_heads} is not divisible by "
                      f"--tensor-model-parallel-size {tp}: each TP rank needs whole heads. Choose a TP size "
                      "that divides the head count.")
+    _complete_query_groups(args, problems)
+    if args.apply_query_key_layer_scaling:
+        args.attention_softmax_in_fp32 = True  # as Megatron's TransformerConfig: the scale is undone in fp32
     for message in split_problems(PipelineSplit.from_args(args)):
         problems.add(message)
     if args.kv_channels is None:
@@ -202,6 +224,26 @@ def _complete_model_shape(args, problems: _Problems) -> None:
     if args.sequence_parallel and args.seq_length % tp:
         problems.add(f"--sequence-parallel splits the sequence over TP, but --seq-length {args.seq_length} is "
                      f"not divisible by --tensor-model-parallel-size {tp}.")
+
+
+def _complete_query_groups(args, problems: _Problems) -> None:
+    """Megatron's grouped-query attention rules; without --group-query-attention every head is its
+    own group (Megatron's TransformerConfig: num_query_groups = heads), so num_query_groups always
+    says how many key/value heads the model has."""
+    heads, tp, groups = args.num_attention_heads, args.tensor_model_parallel_size, args.num_query_groups
+    if not args.group_query_attention:
+        args.num_query_groups = heads
+        return
+    if groups < 1:
+        problems.add(f"--num-query-groups {groups}: must be a positive integer (the number of key/value heads).")
+        return
+    if heads % groups:
+        problems.add(f"--num-attention-heads {heads} is not divisible by --num-query-groups {groups}: each query "
+                     "group has the same number of query heads. Choose a group count that divides the head count.")
+    if groups % tp:
+        problems.add(f"--num-query-groups {groups} is not divisible by --tensor-model-parallel-size {tp}: TP splits "
+                     "the query groups, so each TP rank needs whole groups (their key and value heads). Use a group "
+                     "count that is a multiple of TP, or a smaller TP.")
 
 
 def _complete_rotary(args, problems: _Problems) -> None:

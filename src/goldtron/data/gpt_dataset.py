@@ -54,10 +54,17 @@ def build_sample_index(sequence_lengths: np.ndarray, document_index: np.ndarray,
     lengths = np.asarray(sequence_lengths, dtype=np.int64)[document_index]
     starts = np.concatenate(([0], np.cumsum(lengths)))
     num_samples = (int(starts[-1]) - 1) // seq_length
-    positions = np.arange(num_samples + 1, dtype=np.int64) * seq_length
-    # 'right' skips empty documents: it picks the last document starting at or before the position.
-    entries = np.searchsorted(starts, positions, side="right") - 1
-    return np.stack((entries, positions - starts[entries]), axis=1)
+    # Sample i starts at token i * seq_length, in the document e with starts[e] <= it < starts[e+1]
+    # (an empty document holds no start). Document e's first sample is ceil(starts[e] / seq_length),
+    # so each document's count of starts is a difference: the samples then come out in one pass
+    # (a search per sample took seconds for the ~25M samples of a short --seq-length on mock data).
+    first_sample = np.minimum(-(-starts // seq_length), num_samples + 1)
+    starts_per_document = np.diff(first_sample)
+    result = np.empty((num_samples + 1, 2), dtype=np.int64)
+    result[:, 0] = np.repeat(np.arange(len(lengths), dtype=np.int64), starts_per_document)
+    np.multiply(np.arange(num_samples + 1, dtype=np.int64), seq_length, out=result[:, 1])
+    result[:, 1] -= np.repeat(starts[:-1], starts_per_document)
+    return result
 
 
 def sample_index_by_loop(sequence_lengths, document_index, seq_length: int) -> np.ndarray:

@@ -14,7 +14,7 @@ from torch import nn
 
 from goldtron.model.embedding import Embedding, full_word_embedding
 from goldtron.model.init import normal_full
-from goldtron.model.layer_norm import LayerNorm
+from goldtron.model.layer_norm import make_norm
 from goldtron.model.output_layer import OutputLayer
 from goldtron.model.pipeline_split import PipelineSplit, stage_layer_range
 from goldtron.model.recompute import layer_chunks, run_layer_chunks
@@ -31,10 +31,10 @@ class Decoder(nn.Module):
     def __init__(self, args: Namespace, ps: ParallelState, rng: DropoutRNG):
         super().__init__()
         self.layers = nn.ModuleDict({
-            str(i): TransformerLayer(args, ps, f"decoder.layers.{i}", rng)
+            str(i): TransformerLayer(args, ps, f"decoder.layers.{i}", rng, layer_number=i + 1)
             for i in stage_layer_range(PipelineSplit.from_args(args), ps.pp_rank)
         })
-        self.final_layernorm = LayerNorm(args.hidden_size, args.layernorm_epsilon, ps.device) if ps.is_last_stage else None
+        self.final_layernorm = make_norm(args, args.hidden_size, ps.device) if ps.is_last_stage else None
         self.rng = rng
         # --recompute-granularity full: which layers run under a checkpoint, in which chunks.
         self.chunks = layer_chunks(len(self.layers), args.recompute_granularity, args.recompute_method,

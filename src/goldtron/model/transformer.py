@@ -1,7 +1,10 @@
 """One pre-LayerNorm GPT block: causal self-attention and a GeLU (or SwiGLU) MLP, tensor-parallel.
 
 Options (Megatron's flags): `--position-embedding-type rope` rotates q and k (model/rotary.py);
-`--swiglu` gates the MLP; `--disable-bias-linear` drops the biases of the four linears.
+`--swiglu` gates the MLP; `--disable-bias-linear` drops the biases of the four linears;
+`--group-query-attention --num-query-groups G` shares each key/value head among heads/G query heads
+(model/qkv_layout.py); `--qk-layernorm` normalizes each head's queries and keys;
+`--apply-query-key-layer-scaling` (model/qk_scaling.py); `--normalization RMSNorm` (model/layer_norm.py).
 
 Parameter names follow Megatron-Core's GPT (`self_attention.linear_qkv`, `mlp.linear_fc1`, ...)
 so checkpoints and logs read the same. Activations are [batch, seq, hidden].
@@ -9,7 +12,6 @@ so checkpoints and logs read the same. Activations are [batch, seq, hidden].
 
 from __future__ import annotations
 
-import math
 from argparse import Namespace
 
 import torch
@@ -18,20 +20,13 @@ from torch import nn
 
 from goldtron.model import recompute
 from goldtron.model.init import normal_full, output_projection_std
-from goldtron.model.layer_norm import LayerNorm
+from goldtron.model.layer_norm import make_norm
+from goldtron.model.qk_scaling import QueryKeyScaling
+from goldtron.model.qkv_layout import expand_key_value, qkv_full_weight, qkv_rows, split_qkv
 from goldtron.model.rotary import RotaryEmbedding
 from goldtron.parallel.random import DropoutRNG, dropout
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
-
-
-def _qkv_full_weight(args: Namespace, name: str) -> torch.Tensor:
-    """Full [3*h, h] QKV weight in head-major order (q, k, v of head 0, then head 1, ...), so
-    that a contiguous split over TP hands each rank whole heads with their q, k and v."""
-    h, heads, d = args.hidden_size, args.num_attention_heads, args.kv_channels
-    q, k, v = (normal_full(args.seed, f"{name}.{part}", (heads * d, h), args.init_method_std) for part in "qkv")
-    stacked = torch.stack([q, k, v]).view(3, heads, d, h)
-    return stacked.transpose(0, 1).reshape(heads * 3 * d, h)
 
 
 def _zero_bias(args: Namespace, size: int) -> torch.Tensor | None:
@@ -40,56 +35,68 @@ def _zero_bias(args: Namespace, size: int) -> torch.Tensor | None:
 
 
 class SelfAttention(nn.Module):
-    def __init__(self, args: Namespace, ps: ParallelState, prefix: str, rng: DropoutRNG):
+    """Causal self-attention; `layer_number` is the layer's global index + 1 (Megatron's, for
+    --apply-query-key-layer-scaling). The fused QKV layout with query groups: model/qkv_layout.py."""
+
+    def __init__(self, args: Namespace, ps: ParallelState, prefix: str, rng: DropoutRNG, layer_number: int):
         super().__init__()
         h, d = args.hidden_size, args.kv_channels
         self.local_heads = args.num_attention_heads // ps.tp_size
+        self.local_groups = args.num_query_groups // ps.tp_size
+        self.heads_per_group = args.num_attention_heads // args.num_query_groups
         self.head_dim = d
         self.attention_dropout = args.attention_dropout
         self.softmax_in_fp32 = args.attention_softmax_in_fp32
+        self.scaling = QueryKeyScaling(d, layer_number if args.apply_query_key_layer_scaling else None)
         self.rng = rng
         self.run_core_attention = recompute.CoreAttentionRunner(args.recompute_granularity == "selective", rng)
         dtype = args.params_dtype
         proj_std = output_projection_std(args.init_method_std, args.num_layers)
         self.linear_qkv = ColumnParallelLinear(
-            _qkv_full_weight(args, f"{prefix}.linear_qkv.weight"), _zero_bias(args, 3 * args.num_attention_heads * d),
-            ps, dtype,
+            qkv_full_weight(args, f"{prefix}.linear_qkv.weight"), _zero_bias(args, qkv_rows(args)), ps, dtype,
         )
         self.linear_proj = RowParallelLinear(
             normal_full(args.seed, f"{prefix}.linear_proj.weight", (h, args.num_attention_heads * d), proj_std),
             _zero_bias(args, h), ps, dtype,
         )
+        self.q_layernorm = self.k_layernorm = None
+        if args.qk_layernorm:  # over each head's d channels, one weight for all heads (Megatron-Core's)
+            self.q_layernorm = make_norm(args, d, ps.device, partial_over_tp=ps)
+            self.k_layernorm = make_norm(args, d, ps.device, partial_over_tp=ps)
         self.rotary = None
         if args.position_embedding_type == "rope":
             self.rotary = RotaryEmbedding(args.rotary_dim, args.rotary_base)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
-        qkv = self.linear_qkv(x).view(b, s, self.local_heads, 3, self.head_dim)
-        q, k, v = (qkv[:, :, :, i].transpose(1, 2) for i in range(3))  # [b, heads, s, d]
+        q, k, v = split_qkv(self.linear_qkv(x), self.local_groups, self.heads_per_group, self.head_dim)
+        if self.q_layernorm is not None:  # before RoPE, as Megatron-Core
+            q, k = self.q_layernorm(q), self.k_layernorm(k)
         if self.rotary is not None:
             q, k = self.rotary(q, k)
-        if self.training and self.attention_dropout > 0:
+        if self.training and self.attention_dropout > 0 or self.scaling.layer_number is not None:
             context = self.run_core_attention(self._attention_with_dropout, q, k, v, self.training)
         else:
             # Fused kernel: the same math (scaled, causal, softmax in fp32 internally).
-            context = self.run_core_attention(_causal_attention, q, k, v, self.training)
+            context = self.run_core_attention(self._fused_attention, q, k, v, self.training)
         context = context.transpose(1, 2).reshape(b, s, self.local_heads * self.head_dim)
         return self.linear_proj(context)
 
+    def _fused_attention(self, q, k, v):
+        k, v = expand_key_value(k, v, self.heads_per_group)
+        return F.scaled_dot_product_attention(q, k, v, is_causal=True)
+
     def _attention_with_dropout(self, q, k, v):
-        scores = torch.matmul(q, k.transpose(-1, -2)) * (1.0 / math.sqrt(self.head_dim))
+        """The unfused core attention: for dropout on the probabilities, and for the layer-scaled
+        softmax (which the fused kernel cannot undo in fp32)."""
+        k, v = expand_key_value(k, v, self.heads_per_group)
+        scores = torch.matmul(q, k.transpose(-1, -2)) * self.scaling.score_scale
         s = q.shape[-2]
         causal = torch.ones(s, s, dtype=torch.bool, device=q.device).triu_(1)
-        scores = scores.masked_fill(causal, float("-inf"))
-        probs = torch.softmax(scores.float() if self.softmax_in_fp32 else scores, dim=-1).to(v.dtype)
+        probs = self.scaling.softmax(scores, causal, self.softmax_in_fp32).to(v.dtype)
         # Inside the TP region: each rank drops its own heads with its own stream.
-        probs = dropout(probs, self.attention_dropout, self.rng.tensor_parallel, True)
+        probs = dropout(probs, self.attention_dropout, self.rng.tensor_parallel, self.training)
         return torch.matmul(probs, v)
-
-
-def _causal_attention(q, k, v):
-    return F.scaled_dot_product_attention(q, k, v, is_causal=True)
 
 
 class MLP(nn.Module):
@@ -125,13 +132,13 @@ class MLP(nn.Module):
 
 
 class TransformerLayer(nn.Module):
-    def __init__(self, args: Namespace, ps: ParallelState, prefix: str, rng: DropoutRNG):
+    def __init__(self, args: Namespace, ps: ParallelState, prefix: str, rng: DropoutRNG, layer_number: int):
         super().__init__()
         self.hidden_dropout = args.hidden_dropout
         self.rng = rng
-        self.input_layernorm = LayerNorm(args.hidden_size, args.layernorm_epsilon, ps.device)
-        self.self_attention = SelfAttention(args, ps, f"{prefix}.self_attention", rng)
-        self.pre_mlp_layernorm = LayerNorm(args.hidden_size, args.layernorm_epsilon, ps.device)
+        self.input_layernorm = make_norm(args, args.hidden_size, ps.device)
+        self.self_attention = SelfAttention(args, ps, f"{prefix}.self_attention", rng, layer_number)
+        self.pre_mlp_layernorm = make_norm(args, args.hidden_size, ps.device)
         self.mlp = MLP(args, ps, f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -1,7 +1,8 @@
-"""The --swiglu MLP and the --disable-bias-linear (and rope) attention under TP against their
-single-process twins, on every rank (run under torchrun; see check_parallel_layers.py, whose
-`close` and tolerance this reuses: 1e-6 relative, fp32 rounding of differently shaped GEMMs and
-reduction orders; a wrong shard or a gate paired with the wrong up rows is O(1)).
+"""The --swiglu MLP, the --disable-bias-linear (and rope) attention and the grouped-query attention
+with --qk-layernorm under TP against their single-process twins, on every rank (run under torchrun;
+see check_parallel_layers.py, whose `close` and tolerance this reuses: 1e-6 relative, fp32 rounding
+of differently shaped GEMMs and reduction orders; a wrong shard, a gate paired with the wrong up
+rows or a qk-norm gradient not summed over TP is O(1)).
 
 Each rank builds the TP layer and, alone, the TP1 twin from the same seed and flags; both get the
 same input and output-gradient. Compared: the initial weights (the twin's, sharded), the forward
@@ -29,7 +30,8 @@ def layer_args(**changes) -> Namespace:
                 params_dtype=torch.float32, init_method_std=0.2, num_layers=2, seed=11, attention_dropout=0.0,
                 attention_softmax_in_fp32=False, swiglu=False, add_bias_linear=True,
                 position_embedding_type="learned_absolute", rotary_dim=None, rotary_base=10000,
-                recompute_granularity=None)
+                recompute_granularity=None, num_query_groups=HEADS, qk_layernorm=False,
+                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5)
     args.update(changes)
     return Namespace(**args)
 
@@ -73,13 +75,20 @@ def check(tp: int) -> None:
     compare(f"tp{tp} gelu mlp no bias", lambda s: MLP(no_bias_gelu, s, f"{prefix}.mlp"), ps, False)
     rope_no_bias = layer_args(add_bias_linear=False, position_embedding_type="rope", rotary_dim=4)
     compare(f"tp{tp} rope attention no bias",
-            lambda s: SelfAttention(rope_no_bias, s, f"{prefix}.self_attention", rng), ps, False)
+            lambda s: SelfAttention(rope_no_bias, s, f"{prefix}.self_attention", rng, 1), ps, False)
+    # Grouped-query attention with qk-layernorm: each rank holds whole query groups (8 heads, 4 groups:
+    # two groups a rank at TP2, one at TP4), and the qk-norm weights' gradients are summed over TP.
+    for normalization in ("LayerNorm", "RMSNorm"):
+        gqa = layer_args(num_attention_heads=8, kv_channels=4, num_query_groups=4, qk_layernorm=True,
+                         normalization=normalization, position_embedding_type="rope", rotary_dim=4)
+        compare(f"tp{tp} gqa qk-{normalization} attention",
+                lambda s, a=gqa: SelfAttention(a, s, f"{prefix}.self_attention", rng, 1), ps, True)
     # The flags really change the layers (so the comparisons above are of the new code paths).
     mlp = MLP(layer_args(swiglu=True, add_bias_linear=False), ps, f"{prefix}.mlp")
     if mlp.linear_fc1.weight.shape != (2 * FFN // tp, H) or mlp.linear_fc1.bias is not None:
         twins.failures.append(f"tp{tp} swiglu fc1: local shape {tuple(mlp.linear_fc1.weight.shape)}, "
                               f"bias {mlp.linear_fc1.bias is not None}")
-    if any(name.endswith("bias") for name, _ in SelfAttention(rope_no_bias, ps, "a", rng).named_parameters()):
+    if any(name.endswith("bias") for name, _ in SelfAttention(rope_no_bias, ps, "a", rng, 1).named_parameters()):
         twins.failures.append(f"tp{tp} attention under --disable-bias-linear still has a bias")
 
 

@@ -32,25 +32,34 @@ def skip_rng_restore() -> None:
     rng_state.restore = lambda saved, rng: None
 
 
-def twice_as_slow() -> None:
-    """Every step takes twice as long: after its forward/backward the rank waits as long again
-    (what a sleep per step, or a slow path in the loss, does to iteration-time)."""
+def twice_as_slow_late() -> None:
+    """From iteration 26 on, every step takes twice as long: after its forward/backward the rank
+    waits as long again (a slowdown that sets in after warm-up: a growing buffer, a leak). The
+    gate's steady window (steps 30-45) must catch it; the steps before it cost no extra time."""
     import time
 
     from goldtron.parallel.schedule import Schedule
+    from goldtron.training.loop import Trainer
 
-    train_step = Schedule.train_step
+    first_slow_iteration = 26
+    step_is_slow = {"now": False}
+    trainer_step, schedule_step = Trainer.train_step, Schedule.train_step
+
+    def numbered(self):
+        step_is_slow["now"] = self.iteration + 1 >= first_slow_iteration
+        return trainer_step(self)
 
     def slow(self, micro_batches):
         started = time.perf_counter()
-        loss = train_step(self, micro_batches)
-        time.sleep(time.perf_counter() - started)
+        loss = schedule_step(self, micro_batches)
+        if step_is_slow["now"]:
+            time.sleep(time.perf_counter() - started)
         return loss
 
-    Schedule.train_step = slow
+    Trainer.train_step, Schedule.train_step = numbered, slow
 
 
-MUTANTS = {"drain-one-short": drain_one_short, "skip-rng-restore": skip_rng_restore, "twice-as-slow": twice_as_slow}
+MUTANTS = {"drain-one-short": drain_one_short, "skip-rng-restore": skip_rng_restore, "twice-as-slow-late": twice_as_slow_late}
 
 if __name__ == "__main__":
     for name in sys.argv[1].split(","):
