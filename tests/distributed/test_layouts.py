@@ -21,12 +21,15 @@ LAYOUTS = {  # name: (processes, tp, pp)
 }
 
 
+TP2_PP2_DROPOUT = TINY_MODEL + ["--train-iters", "4"] + layout_flags(2, 2)
+
+
 @pytest.fixture(scope="module")
 def layout_runs(tmp_path_factory) -> dict[str, list[dict]]:
     """Every layout's 10 steps, those of one process count in one launch (a launch costs more than
-    the run; each run still builds everything from its flags)."""
-    return train_batches_and_read(tmp_path_factory.mktemp("layouts"), {
-        name: (nproc, TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp)) for name, (nproc, tp, pp) in LAYOUTS.items()})
+    the run; each run still builds everything from its flags), and TP2 x PP2 with dropout."""
+    runs = {name: (nproc, TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp)) for name, (nproc, tp, pp) in LAYOUTS.items()}
+    return train_batches_and_read(tmp_path_factory.mktemp("layouts"), {**runs, "TP2xPP2 with dropout": (4, TP2_PP2_DROPOUT)})
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -48,9 +51,10 @@ def test_identical_runs_are_bitwise_identical_and_a_batch_leaks_nothing(tiny_sin
     assert runs["other first"][0]["lm_loss"] != runs["again"][0]["lm_loss"]
 
 
-def test_identical_tp2_pp2_runs_with_dropout_are_bitwise_identical(tmp_path):
-    flags = TINY_MODEL + ["--train-iters", "4"] + layout_flags(2, 2)
-    first = train_and_read(tmp_path, "a", 4, flags)
-    second = train_and_read(tmp_path, "b", 4, flags)
+def test_identical_tp2_pp2_runs_with_dropout_are_bitwise_identical(layout_runs, tmp_path):
+    """A launch of its own against the same run last in the 4-process batch (after PP4, TP2 x PP2
+    and TP4 without dropout): bitwise across processes, and after other runs in one."""
+    first = train_and_read(tmp_path, "a", 4, TP2_PP2_DROPOUT)
+    second = layout_runs["TP2xPP2 with dropout"]
     assert [(s["lm_loss"], s["grad_norm"], s["num_zeros"]) for s in first] == \
            [(s["lm_loss"], s["grad_norm"], s["num_zeros"]) for s in second]
