@@ -24,7 +24,7 @@ import torch.distributed as dist
 
 from goldtron.arguments import parse_args
 from goldtron.parallel.state import ParallelState
-from goldtron.training.build import train_on
+from goldtron.training.build import configure_torch, train_on
 from goldtron.training.metrics_file import MetricsFile
 
 
@@ -33,14 +33,13 @@ def train_one(flags: list[str], metrics: str, groups: dict) -> None:
     layout = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
     if layout not in groups:
         groups[layout] = ParallelState.create(*layout, torch.device("cpu"), "gloo")
-    torch.set_num_threads(args.torch_threads)
+    configure_torch(args)
     train_on(args, groups[layout], torch.device("cpu"), MetricsFile(metrics))
 
 
 def main() -> None:
     spec = json.loads(Path(sys.argv[1]).read_text())
     dist.init_process_group("gloo")
-    torch.use_deterministic_algorithms(True)
     groups: dict = {}
     for name, run in spec["runs"].items():
         log = Path(run["metrics"]).with_name(f"stdout.rank{dist.get_rank()}.log")

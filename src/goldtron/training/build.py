@@ -95,9 +95,7 @@ def build_and_train(args) -> None:
     from goldtron.parallel.state import ParallelState
     from goldtron.training.metrics_file import METRICS_FILE_ENV, MetricsFile
 
-    torch.set_num_threads(args.torch_threads)
-    if args.deterministic_mode:
-        torch.use_deterministic_algorithms(True)
+    configure_torch(args)
     device = _init_distributed(args)
     ps = ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, device,
                               args.distributed_backend)
@@ -105,6 +103,14 @@ def build_and_train(args) -> None:
         train_on(args, ps, device, MetricsFile(os.environ.get(METRICS_FILE_ENV)))
     finally:
         dist.destroy_process_group()
+
+
+def configure_torch(args) -> None:
+    """This process's thread count and deterministic kernels, from the run's flags (fixed thread
+    count = fixed bits)."""
+    torch.set_num_threads(args.torch_threads)
+    if args.deterministic_mode:
+        torch.use_deterministic_algorithms(True)
 
 
 def train_on(args, ps, device: torch.device, metrics_file) -> None:
