@@ -27,7 +27,7 @@ FLAGSHIP = CASES / "gpt3_mcore_te_tp2_pp2_resume_torch_dist_defer_embedding_wgra
 NO_DEFER = "gpt3_mcore_te_tp2_pp2_no_defer_embedding_wgrad_compute"
 NO_DROPOUT = "gpt3_mcore_te_tp2_pp2_defer_embedding_wgrad_compute_no_dropout"
 TP1_PP1 = "gpt3_mcore_te_tp1_pp1_no_dropout"
-MUTANT_TRAINER = Path(__file__).parent / "mutant_trainer.py"
+MUTANT_TRAINER = Path(__file__).parents[1] / "support" / "mutant_trainer.py"
 PLATFORM = detect_platform()
 CASE_TIMEOUT_S = 900
 

@@ -12,6 +12,7 @@ N_REPEAT, MODE, LAUNCHER. goldtron's extensions all live under one optional `GOL
       TOLERANCES: {"lm loss": {approx_rtol: 0.05, exact: true}}
       PORTABLE_TOLERANCES: {"lm loss": {approx_rtol: 5e-6}}  # against a family's portable golden
       BANDS: {STATS: stats.json, SIGMAS: 3}    # judge by mean ± k·std instead of flat tolerances
+      EQUIVALENCE: true                        # judge against the single-process twin (no golden)
       PLATFORMS:                               # overrides for platforms whose name starts so
         cpu: {NPROC_PER_NODE: 4, MODEL_ARGS: {--bf16: null}, ENV_VARS: {...}, PHASE_TIMEOUT_S: 600}
 
@@ -35,7 +36,7 @@ SUPPORTED_TEST_TYPES = ("regular", "ckpt-resume", "frozen-resume")
 PLACEHOLDERS = ("TENSORBOARD_PATH", "CHECKPOINT_SAVE_PATH", "CHECKPOINT_LOAD_PATH", "DATA_PATH", "DATA_CACHE_PATH")
 MEGATRON_KEYS = ("ENV_VARS", "MODEL_ARGS", "TEST_TYPE", "METRICS", "N_REPEAT", "MODE", "LAUNCHER")
 GOLDTRON_KEYS = ("TRAINER", "PHASE_TIMEOUT_S", "NPROC_PER_NODE", "FROZEN_CHECKPOINT", "TOLERANCES",
-                 "PORTABLE_TOLERANCES", "BANDS", "PLATFORMS")
+                 "PORTABLE_TOLERANCES", "BANDS", "PLATFORMS", "EQUIVALENCE")
 PLATFORM_KEYS = ("NPROC_PER_NODE", "MODEL_ARGS", "ENV_VARS", "PHASE_TIMEOUT_S", "N_REPEAT", "TRAINER", "TOLERANCES",
                  "PORTABLE_TOLERANCES")
 DEFAULT_TRAINER = ("python", "-m", "goldtron", "train")
@@ -70,6 +71,7 @@ class Case:
     bands_sigmas: float = 3.0
     platforms: dict[str, dict] = field(default_factory=dict)
     ignored_keys: tuple[str, ...] = ()
+    equivalence: bool = False
 
     @property
     def name(self) -> str:
@@ -97,12 +99,17 @@ class Case:
             raise GateInputError(f"{self.config_file}: MODEL_ARGS.{flag} = {value!r}: expected a whole number")
         return value
 
+    def override_for(self, platform: str) -> str | None:
+        """The PLATFORMS key whose name is the longest prefix of `platform`, if any."""
+        matches = [key for key in self.platforms if platform.startswith(key)]
+        return max(matches, key=len) if matches else None
+
     def resolved_for(self, platform: str) -> "Case":
         """This case with the PLATFORMS override whose key is the longest prefix of `platform`."""
-        matches = [key for key in self.platforms if platform.startswith(key)]
-        if not matches:
+        key = self.override_for(platform)
+        if key is None:
             return self
-        override = self.platforms[max(matches, key=len)]
+        override = self.platforms[key]
         model_args = _merge(self.model_args, override.get("MODEL_ARGS") or {})  # an empty key reads as null
         env_vars = {key: value for key, value in _merge(self.env_vars, override.get("ENV_VARS") or {}).items()}
         return Case(
@@ -115,7 +122,7 @@ class Case:
             frozen_checkpoint=self.frozen_checkpoint, tolerances=_merge_tolerances(self.tolerances, override),
             portable_tolerances=_merge_tolerances(self.portable_tolerances, override, "PORTABLE_TOLERANCES"),
             bands_stats=self.bands_stats, bands_sigmas=self.bands_sigmas, platforms={},
-            ignored_keys=self.ignored_keys)
+            ignored_keys=self.ignored_keys, equivalence=self.equivalence)
 
     def golden_path(self, environment: str, platform: str, second_run: bool = False) -> Path:
         return self.path / golden_file_name(environment, platform, second_run)
@@ -313,6 +320,9 @@ def load_case(case_dir: Path) -> Case:
         raise GateInputError(f"{config}: GOLDTRON.BANDS needs STATS (a file from `goldtron golden stats`)")
     frozen = extensions.get("FROZEN_CHECKPOINT")
     nproc = extensions.get("NPROC_PER_NODE")
+    equivalence = extensions.get("EQUIVALENCE", False)
+    if not isinstance(equivalence, bool):
+        raise GateInputError(f"{config}: GOLDTRON.EQUIVALENCE = {equivalence!r}: expected true or false")
 
     return Case(
         path=case_dir,
@@ -334,6 +344,7 @@ def load_case(case_dir: Path) -> Case:
         bands_sigmas=float(_positive_number(bands.get("SIGMAS", 3.0), "GOLDTRON.BANDS.SIGMAS", config, False)) if bands else 3.0,
         platforms=_parse_platforms(extensions.get("PLATFORMS"), config),
         ignored_keys=tuple(sorted(map(str, set(data) - set(MEGATRON_KEYS) - {"GOLDTRON"}))),
+        equivalence=equivalence,
     )
 
 

@@ -74,6 +74,8 @@ DEFAULT_CASES_ROOT = Path("tests/functional_tests/test_cases")
 
 
 def _test_parser() -> _Parser:
+    from goldtron.gate.cpu_sizing import SIZES
+
     parser = _Parser(prog="goldtron test", description="Run a functional test case and judge it against its golden values.")
     parser.add_argument("case", type=Path, help="case folder holding model_config.yaml")
     parser.add_argument("--environment", default=None, help="golden environment (default dev)")
@@ -89,6 +91,11 @@ def _test_parser() -> _Parser:
     parser.add_argument("--frozen-checkpoint", type=Path, help="stored checkpoint for frozen-resume")
     parser.add_argument("--n-repeat", type=int, help="override the case's N_REPEAT")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")
+    parser.add_argument("--size", choices=SIZES, default="auto",
+                        help="cpu: the case's structure at CPU size (docs/gate.md); full: as written; auto (default): "
+                             "cpu on a CPU machine when the case has no PLATFORMS override for it")
+    parser.add_argument("--equivalence", action="store_true",
+                        help="judge against the case's single-process twin instead of a golden (dropout off)")
     return parser
 
 

@@ -18,11 +18,14 @@ from pathlib import Path
 
 from goldtron.gate.calibration import faster
 from goldtron.gate.case import golden_file_name, load_case
+from goldtron.gate.cpu_sizing import sized_case, wants_cpu_size
+from goldtron.gate.equivalence import (EQUIVALENCE_LINE, judge_against_twin, run_twin, unrounded_values,
+                                       without_dropout)
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.golden import Golden, write_golden
 from goldtron.gate.golden_choice import choose_golden
 from goldtron.gate.interrupts import GateInterrupted, report_interrupt, stop_on_signals
-from goldtron.gate.judging import judge_repeat, load_reference, recorded_golden, second_run_golden
+from goldtron.gate.judging import Reference, judge_repeat, load_reference, recorded_golden, second_run_golden
 from goldtron.gate.launcher import LaunchOptions
 from goldtron.gate.platform import DEFAULT_ENVIRONMENT, detect_platform, gpu_count
 from goldtron.gate.report import CaseReport, print_table, write_reports
@@ -47,6 +50,8 @@ class TestRequest:
     frozen_checkpoint: Path | None = None
     n_repeat: int | None = None
     plot: bool = True
+    size: str = "auto"
+    equivalence: bool = False
     command: list[str] = field(default_factory=list)
     progress: object = None
 
@@ -59,7 +64,7 @@ class TestRequest:
         return cls(args.case, args.environment or DEFAULT_ENVIRONMENT, args.platform, args.record, args.output_dir,
                    args.allow_nondeterministic, args.data_path.expanduser(), args.nproc_per_node, args.nnodes,
                    args.node_rank, args.rdzv_endpoint, args.frozen_checkpoint, args.n_repeat, not args.no_plot,
-                   command)
+                   args.size, args.equivalence, command)
 
 
 def _write_values(folder: Path, request: TestRequest, platform: str, case, run1: Golden, run2: Golden | None,
@@ -97,10 +102,28 @@ def _warm_imports(plot: bool) -> None:
         import matplotlib.figure  # noqa: F401
 
 
+def _check_equivalence_request(request: TestRequest) -> None:
+    if request.record:
+        raise GateInputError("--record with --equivalence: an equivalence run trains without dropout, so it is "
+                             "not the case's golden. Fix: record without --equivalence")
+    if request.nnodes > 1:
+        raise GateInputError("--equivalence runs on one node (its twin is one process). Fix: drop --nnodes")
+
+
 def _run_test(request: TestRequest) -> int:
     started = time.monotonic()
     platform = request.platform or detect_platform()
-    case = load_case(request.case_dir).resolved_for(platform)
+    written = load_case(request.case_dir)
+    case = written.resolved_for(platform)
+    size_notes = []
+    if wants_cpu_size(request.size, platform, written):
+        case, changes = sized_case(case)
+        size_notes = [f"sized for a CPU (--size cpu): {len(changes)} flag(s), Megatron's value -> CPU value"]
+        size_notes += [f"  {change.line()}" for change in changes]
+    equivalence = request.equivalence or case.equivalence
+    if equivalence:
+        _check_equivalence_request(request)
+        case = without_dropout(case)
     check_supported(case)
     n_repeat = request.n_repeat or case.n_repeat
     output_dir = (request.output_dir or Path("runs") / case.name).resolve()
@@ -113,7 +136,10 @@ def _run_test(request: TestRequest) -> int:
     report = CaseReport(case=case.name)
     calibration = _calibrate(case) if judging else None  # timed again after the phases
     try:
-        reference = load_reference(case, choice, request.record) if judging else None
+        if equivalence:
+            reference = Reference(None, choice.path, tolerances=case.tolerances)
+        else:
+            reference = load_reference(case, choice, request.record) if judging else None
     except GateInputError as error:
         if choice.exists or "no golden file" not in str(error):
             raise
@@ -121,8 +147,13 @@ def _run_test(request: TestRequest) -> int:
         return EXIT_FAIL
     if judging:
         golden_line = f"golden: {choice.reason}" if not request.record else f"recording: {choice.path.name}"
+        if equivalence:
+            golden_line = f"golden: none needed (layout equivalence, {EQUIVALENCE_LINE})"
         print(golden_line, flush=True)
         report.notes.append(golden_line)
+    for line in size_notes if judging else ():
+        print(line, flush=True)
+    report.notes.extend(size_notes)
     deterministic = case.deterministic and not request.allow_nondeterministic
     if case.ignored_keys:
         report.notes.append(f"{case.config_file}: ignored top-level key(s) {', '.join(case.ignored_keys)}")
@@ -136,7 +167,10 @@ def _run_test(request: TestRequest) -> int:
     first_run1, training_s, config_error, run1_values = None, 0.0, False, []
     if judging:
         threading.Thread(target=_warm_imports, args=(request.plot,), daemon=True).start()
+    twin = run_twin(case, options, report) if equivalence and judging else None
     for index in range(1, n_repeat + 1):
+        if equivalence and twin is None:
+            break  # the twin failed: report.errors says how
         repeat = run_repeat(case, options, index)
         training_s += repeat.training_wall_s
         if judging and index == 1:
@@ -150,6 +184,9 @@ def _run_test(request: TestRequest) -> int:
         if run1 is None:
             break  # a failed phase: later repeats would fail the same way
         run1_values.append(run1)
+        if index == 1 and twin is not None:
+            report.judgements.append(judge_against_twin(
+                twin, unrounded_values(repeat.tensorboard["run1"], case.train_iters), str(case.config_file)))
         if index == 1:
             from goldtron.gate.provenance import provenance
 

@@ -33,6 +33,7 @@ class RunOptions:
     progress: object
     frozen_checkpoint: Path | None = None
     repeats: int = 1
+    run_name: str = ""  # what progress lines call the runs ("" = the case's name)
 
 
 @dataclass
@@ -145,13 +146,14 @@ def _launch(case: Case, options: RunOptions, repeat: RepeatRun, phase: str, slot
     rank_logs = phase_dir / f"ranks{suffix}"
     argv = torchrun_argv(trainer_target(case.trainer, case.path), trainer_args, options.launch, slot, rank_logs)
     repeat.tensorboard[phase] = tensorboard
-    label = f"{case.name} repeat {repeat.index} {phase}" if repeat.index > 1 or options.repeats > 1 else f"{case.name} {phase}"
+    name = options.run_name or case.name
+    label = f"{name} repeat {repeat.index} {phase}" if repeat.index > 1 or options.repeats > 1 else f"{name} {phase}"
     try:
         outcome = run_phase(label, argv, phase_environment(case), case.phase_timeout_s,
                             phase_dir / f"torchrun{suffix}.log", rank_logs, options.progress)
     except GateInterrupted as interrupted:  # run_phase killed the tree; say where for run_test
         interrupted.case, interrupted.output_dir = case.name, options.output_dir
-        interrupted.phase = label[len(case.name):].strip()
+        interrupted.phase = label[len(name):].strip()
         raise
     repeat.phases.append(outcome)
     return outcome

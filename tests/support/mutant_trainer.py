@@ -1,9 +1,10 @@
-"""goldtron's trainer with one deliberate bug, for the flagship case's mutation checks.
+"""goldtron's trainer with one deliberate bug, for the gate's mutation checks.
 
     python mutant_trainer.py MUTANT[,MUTANT...] train [flags...]
 
-A gate that passes a broken trainer is worthless: each mutant must make the flagship case fail,
-naming the metric and the step. The bugs are the ones the case exists to catch.
+A gate that passes a broken trainer is worthless: each mutant must make its check fail, naming
+the metric and the step. The flagship case's mutants are the bugs that case exists to catch; the
+layout mutants (the last two) are what layout equivalence exists to catch.
 """
 
 import sys
@@ -62,7 +63,36 @@ def three_times_as_slow_late() -> None:
     Trainer.train_step, Schedule.train_step = numbered, slow
 
 
-MUTANTS = {"drain-one-short": drain_one_short, "skip-rng-restore": skip_rng_restore, "three-times-as-slow-late": three_times_as_slow_late}
+def skip_tp_backward_all_reduce() -> None:
+    """The all-reduce over the TP group of a column-parallel layer's input gradient is skipped
+    in backward: each TP rank passes on only its own share of the gradient."""
+    from goldtron.parallel import collectives
+
+    collectives._CopyToTensorParallel.backward = staticmethod(lambda ctx, grad: (grad, None, None))
+
+
+def send_previous_activations() -> None:
+    """A pipeline stage sends the next stage the previous micro-batch's activations (the first
+    micro-batch of a step sends its own)."""
+    from goldtron.parallel.p2p import PipelineP2P
+
+    exchange = PipelineP2P.exchange
+    previous = {}
+
+    def stale(self, *args, send_next=None, **kwargs):
+        if send_next is not None:
+            current = send_next.detach().clone()
+            send_next = previous.get("sent", current)
+            previous["sent"] = current
+        return exchange(self, *args, send_next=send_next, **kwargs)
+
+    PipelineP2P.exchange = stale
+
+
+MUTANTS = {"drain-one-short": drain_one_short, "skip-rng-restore": skip_rng_restore,
+           "three-times-as-slow-late": three_times_as_slow_late,
+           "skip-tp-backward-all-reduce": skip_tp_backward_all_reduce,
+           "send-previous-activations": send_previous_activations}
 
 if __name__ == "__main__":
     for name in sys.argv[1].split(","):
