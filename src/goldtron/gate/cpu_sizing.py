@@ -329,8 +329,12 @@ def wants_cpu_size(requested: str, platform: str, case) -> bool:
     return platform.startswith("cpu") and not case.override_for(platform) and tuple(case.trainer) == DEFAULT_TRAINER
 
 
-def sized_case(case, size: CpuSize = CpuSize()):
-    """`case` (a gate Case) at CPU size, and the changes made, for the report."""
+def sized_case(case, size: CpuSize = CpuSize(), frozen_checkpoint_given: bool = False):
+    """`case` (a gate Case) at CPU size, and the changes made, for the report.
+
+    A frozen-resume case resumes from a stored checkpoint of Megatron's size, which the CPU-size
+    model cannot load; without a CPU-size one (`frozen_checkpoint_given`) it runs as ckpt-resume:
+    run 2 resumes from the checkpoint run 1 wrote half-way, the same train-save-resume structure."""
     from goldtron.gate.case import DEFAULT_TRAINER
 
     sized = size_model_args(case.model_args, str(case.config_file), size,
@@ -342,5 +346,10 @@ def sized_case(case, size: CpuSize = CpuSize()):
         # DGX node (the flagship's CPU override measured 1.19 s vs 2.08 s per step with one other
         # job beside it). A 100% band still catches a slowdown beyond 2x.
         tolerances[ITERATION_TIME] = dict(tolerances.get(ITERATION_TIME, {}), approx_rtol=1.0)
+    changes, test_type = sized.changes, case.test_type
+    if test_type == "frozen-resume" and case.frozen_checkpoint is None and not frozen_checkpoint_given:
+        test_type = "ckpt-resume"
+        changes += (SizeChange("TEST_TYPE", "frozen-resume", test_type,
+                               "no stored checkpoint of the CPU-size model: run 2 resumes from run 1's own"),)
     return replace(case, model_args=sized.model_args, env_vars=env_vars, nproc_per_node=sized.nproc,
-                   tolerances=tolerances), sized.changes
+                   tolerances=tolerances, test_type=test_type), changes
