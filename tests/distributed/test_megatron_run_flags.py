@@ -128,6 +128,17 @@ def test_a_rejected_loss_is_rerun_and_stops_with_megatrons_exit_code(injection, 
     assert "iteration        2/" not in captured.out  # the step stopped before its optimizer step
 
 
+def test_a_real_non_finite_loss_is_caught_and_found_reproducible(capsys):
+    """No injection: an absurd LR without clipping makes iteration 3's loss NaN (the warmup's first
+    step has LR 0, the second blows the weights up); the re-run
+    (same state, deterministic CPU) gives it again, so Megatron's verdict is 'reproducible', code 16."""
+    code = train_main(TINY_MODEL + ["--train-iters", "4", "--lr", "1e30", "--min-lr", "0", "--clip-grad", "0"])
+    captured = capsys.readouterr()
+    assert code == EXIT_CODE_RESUME_TO_DISAMBIGUATE, captured.err[-2000:]
+    assert "iteration 3: unexpected result nan" in captured.err and "injected" not in captured.err
+    assert "is reproducible within the tolerance" in captured.err
+
+
 def test_a_rejected_loss_stops_every_pipeline_rank():
     """PP2: the loss exists on the last stage only; the verdict is shared, so both ranks stop with 17."""
     result = run_train(2, TINY_MODEL + ["--train-iters", "4", "--error-injection-rate", "1"] + layout_flags(1, 2),

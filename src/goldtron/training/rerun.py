@@ -6,8 +6,8 @@ exit code 17); one that does is either a persistent fault of this device or a co
 which Megatron tells apart by checkpointing, exiting with code 16 and re-running the step on
 another GPU. goldtron does the in-place re-run and both exits; the re-run on another device is
 left to the person (there is no second device to move to here, and no diagnostic checkpoint is
-written: --save's last periodic checkpoint is the place to resume from). The first iteration is
-not validated, as in Megatron.
+written: --save's last periodic checkpoint is the place to resume from). The first step a process
+runs (also after a resume) is not validated, as in Megatron.
 
 report_determinism_stats re-runs every step once from the same state (RNG streams restored,
 gradients recomputed) and reports how far the two losses differ (0 on a deterministic CPU run);
@@ -57,6 +57,7 @@ class ResultValidator:
         self.injection_type = injection_type
         self._injection_draws = random.Random(seed)
         self.differences: list[float] = []  # report_determinism_stats: one per step since the last report
+        self.first_step_done = False  # Megatron's first_iteration_complete: this process's first step
 
     @classmethod
     def from_args(cls, args, ps) -> "ResultValidator":
@@ -88,7 +89,8 @@ class ResultValidator:
             again = forward_backward()
             self.differences.append(_relative_difference(loss, again) if self.ps.is_last_stage else 0.0)
             return loss
-        if iteration == 1:  # Megatron validates from the second iteration on
+        if not self.first_step_done:  # Megatron validates from this process's second step on
+            self.first_step_done = True
             return loss
         rejected, injected = self._rejected(loss)
         if not rejected:
