@@ -106,6 +106,31 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
         value_type=int,
     ),
     NoEffectFlag(
+        "--no-create-attention-mask-in-dataloader",
+        "goldtron's data loader never builds an attention mask: the model applies the causal mask itself "
+        "(what Megatron does with this flag), so there is nothing to turn off.",
+    ),
+    NoEffectFlag(
+        "--manual-gc",
+        "when Python's garbage collector runs (Megatron turns automatic collection off and collects every "
+        "--manual-gc-interval steps, for speed); it frees nothing the step uses, so no value changes. goldtron "
+        "leaves the collector automatic.",
+    ),
+    NoEffectFlag(
+        "--manual-gc-interval",
+        "see --manual-gc: the interval of those collections.",
+        value_type=int,
+    ),
+    NoEffectFlag(
+        "--no-rope-fusion",
+        "goldtron has no fused RoPE kernel; the rotation is always plain PyTorch ops (model/rotary.py).",
+    ),
+    NoEffectFlag(
+        "--cross-entropy-loss-fusion",
+        "asks for Megatron's fused vocab-parallel cross-entropy kernel; goldtron has one cross-entropy "
+        "(parallel/cross_entropy.py) computing the same loss, equal to the fused kernel's to rounding.",
+    ),
+    NoEffectFlag(
         "--no-log-loss-scale-to-tensorboard",
         "goldtron has no loss scale (fp16 is not implemented), so there is nothing to log.",
     ),
@@ -137,9 +162,6 @@ UNIMPLEMENTED_FLAGS: dict[str, str] = {
     "--eod-mask-loss": "masking the loss at end-of-document tokens",
     "--reset-position-ids": "position ids restarting at each document",
     "--reset-attention-mask": "attention masked across documents",
-    "--train-samples": "sample-based training length (use --train-iters)",
-    "--lr-warmup-samples": "sample-based LR warmup (use --lr-warmup-iters or --lr-warmup-fraction)",
-    "--lr-decay-samples": "sample-based LR decay (use --lr-decay-iters)",
     "--lr-warmup-init": "non-zero LR at the start of warmup",
     "--start-weight-decay": "weight-decay schedule",
     "--end-weight-decay": "weight-decay schedule",

@@ -94,6 +94,9 @@ def _add_model_flags(g) -> None:
                    help="only local is implemented (Megatron's default is transformer_engine)")
     g.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 main weights/grads/optimizer")
     g.add_argument("--fp16", action="store_true", help="not implemented")
+    g.add_argument("--cuda-graph-impl", default="none", choices=["none", "local", "transformer_engine"],
+                   help="CUDA graphs: only none (Megatron's default) is implemented; the others are refused, "
+                        "on a CPU because there is no CUDA device to capture graphs on")
     g.add_argument("--sequence-parallel", action="store_true",
                    help="split LayerNorm/dropout activations over TP along the sequence (off at TP 1)")
 
@@ -115,6 +118,9 @@ def _add_parallel_flags(g) -> None:
     g.add_argument("--distributed-backend", default=None,
                    help="nccl or gloo; default nccl when CUDA is available, else gloo")
     g.add_argument("--distributed-timeout-minutes", type=int, default=10, help="collective timeout")
+    g.add_argument("--use-tp-pp-dp-mapping", action="store_true",
+                   help="rank order tp-pp-dp (pipeline ranks before data-parallel ones) instead of Megatron's "
+                        "default tp-dp-pp: rank = tp + TP x (pp + PP x dp)")
     g.add_argument("--defer-embedding-wgrad-compute", action="store_true",
                    help="defer the output layer's weight-gradient GEMMs to the pipeline flush (PP > 1)")
     g.add_argument("--wgrad-deferral-limit", type=int, default=0,
@@ -125,7 +131,11 @@ def _add_training_flags(g) -> None:
     g.add_argument("--micro-batch-size", type=int, default=None, help="required")
     g.add_argument("--global-batch-size", type=int, default=None,
                    help="default micro-batch x data-parallel size")
-    g.add_argument("--train-iters", type=int, default=None, help="required")
+    g.add_argument("--train-iters", type=int, default=None,
+                   help="training length in iterations (this or --train-samples is required)")
+    g.add_argument("--train-samples", type=int, default=None,
+                   help="training length in samples (Megatron's sample-based training): "
+                        "train_iters = train_samples // global batch; excludes the *-iters schedule flags")
     g.add_argument("--exit-interval", type=int, default=None,
                    help="exit after the iteration that is a multiple of this")
     g.add_argument("--seed", type=int, default=megatron_defaults.SEED, help="seed of init, dropout and data order")
@@ -139,6 +149,11 @@ def _add_training_flags(g) -> None:
     g.add_argument("--lr-warmup-fraction", type=float, default=None,
                    help="warmup as a fraction of the decay length")
     g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warmup length in iterations")
+    g.add_argument("--lr-decay-samples", type=int, default=None,
+                   help="with --train-samples: LR decay length in samples; default --train-samples")
+    g.add_argument("--lr-warmup-samples", type=int, default=0,
+                   help="with --train-samples: linear warmup length in samples (0 is also allowed with "
+                        "--train-iters, as in Megatron)")
     g.add_argument("--weight-decay", type=float, default=0.01, help="decoupled; not on biases and norms")
     g.add_argument("--clip-grad", type=float, default=1.0, help="global grad-norm clip; 0 disables")
     g.add_argument("--use-distributed-optimizer", action="store_true",
@@ -152,6 +167,22 @@ def _add_training_flags(g) -> None:
                    help="take LR schedule settings from the checkpoint on resume")
     g.add_argument("--override-opt_param-scheduler", action="store_true",
                    help="take LR schedule settings from the flags, ignoring the checkpoint")
+    g.add_argument("--check-weight-hash-across-dp-replicas-interval", type=int, default=None,
+                   help="every N iterations, check that the data-parallel replicas hold bitwise the same "
+                        "weights (SHA-256 of each parameter, compared with DP replica 0); a mismatch stops "
+                        "every rank naming the parameter")
+    g.add_argument("--rerun-mode", default="validate_results",
+                   choices=["disabled", "validate_results", "report_determinism_stats", "report_stats"],
+                   help="Megatron's re-run state machine on the step's loss (see docs/flags.md, rerun mode): "
+                        "validate_results re-runs a step whose loss is NaN/Inf in place and exits 17 "
+                        "(not reproducible) or 16 (reproducible); report_determinism_stats (report_stats) "
+                        "re-runs every step once and logs the loss difference; disabled checks nothing")
+    g.add_argument("--error-injection-rate", type=int, default=0,
+                   help="with --rerun-mode validate_results: reject one step's loss in N at random (0: never)")
+    g.add_argument("--error-injection-type", default="transient_error",
+                   choices=["correct_result", "transient_error", "persistent_error"],
+                   help="what an injected rejection looks like on the re-run: transient_error does not "
+                        "reproduce; persistent_error and correct_result do")
     g.add_argument("--torch-threads", type=int, default=None,
                    help="goldtron only: intra-op threads per rank; default cpu_count // LOCAL_WORLD_SIZE. "
                         "A different thread count gives different CPU floating-point bits.")
@@ -186,7 +217,8 @@ def _add_logging_flags(g) -> None:
 def _add_checkpoint_flags(g) -> None:
     g.add_argument("--save", default=None, help="checkpoint directory to write")
     g.add_argument("--load", default=None, help="checkpoint directory to resume from")
-    g.add_argument("--save-interval", type=int, default=None, help="iterations between saves (needs --save)")
+    g.add_argument("--save-interval", type=int, default=None,
+                   help="iterations between saves; without --save nothing is saved (a warning, as Megatron)")
     g.add_argument("--ckpt-format", default="torch_dist",
                    choices=["torch", "torch_dist", "zarr", "torch_dcp", "fsdp_dtensor"],
                    help="only torch_dist is implemented")

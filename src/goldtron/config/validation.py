@@ -55,6 +55,7 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
                      "environment variable (torchrun sets it) or the world_size passed to parse_args.")
         problems.raise_if_any()
     args.world_size = world_size
+    args.config_warnings = []  # valid Megatron input goldtron reads differently; main.py prints them
 
     _refuse_unimplemented_values(args, machine, problems)
     _require_flags(args, problems)
@@ -65,6 +66,8 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
     _complete_model_shape(args, problems)
     _complete_recompute(args, problems)
     _complete_layout_and_batch(args, problems)
+    _complete_training_length(args, problems)
+    _complete_rerun_mode(args)
     _complete_backend(args, machine, problems)
     _check_embedding_wgrad_deferral(args, problems)
     _complete_lr_schedule(args, problems)
@@ -84,6 +87,11 @@ def _refuse_unimplemented_values(args, machine: MachineFacts, problems: _Problem
         problems.add("--transformer-impl transformer_engine: goldtron implements only its own PyTorch layers "
                      f"('local'); Transformer Engine {installed}. Use --transformer-impl local "
                      "(the gate's per-platform overrides do this for Megatron test cases).")
+    if args.cuda_graph_impl != "none":
+        where = ("this machine has no CUDA device to capture graphs on" if not machine.cuda_available
+                 else "goldtron does not implement CUDA graphs")
+        problems.add(f"--cuda-graph-impl {args.cuda_graph_impl}: CUDA graphs cannot run here ({where}). "
+                     "Use --cuda-graph-impl none (Megatron's default) or remove the flag.")
     if args.fp16:
         problems.add("--fp16 is not implemented (no loss scaling). Use --bf16, or neither for fp32.")
     if args.fp16 and args.bf16:
@@ -116,13 +124,14 @@ _REQUIRED = {
     "seq_length": "--seq-length S",
     "max_position_embeddings": "--max-position-embeddings P (at least --seq-length)",
     "micro_batch_size": "--micro-batch-size B",
-    "train_iters": "--train-iters N",
     "lr": "--lr LR",
 }
 
 
 def _require_flags(args, problems: _Problems) -> None:
     missing = [usage for dest, usage in _REQUIRED.items() if getattr(args, dest) is None]
+    if args.train_iters is None and args.train_samples is None:
+        missing.append("--train-iters N (or --train-samples N)")
     if missing:
         problems.add("missing required flag(s): add " + ", ".join(missing) + ".")
 
@@ -133,9 +142,10 @@ _POSITIVE_INTS = (
     "tensor_model_parallel_size", "pipeline_model_parallel_size", "make_vocab_size_divisible_by",
     "vocab_size", "exit_interval", "save_interval", "log_interval", "tensorboard_log_interval",
     "eval_interval", "lr_decay_iters", "distributed_timeout_minutes", "torch_threads", "rotary_base",
+    "train_samples", "lr_decay_samples", "check_weight_hash_across_dp_replicas_interval",
 )
-_NON_NEGATIVE = ("wgrad_deferral_limit", "lr_warmup_iters", "eval_iters", "lr", "min_lr",
-                 "weight_decay", "clip_grad", "init_method_std")
+_NON_NEGATIVE = ("wgrad_deferral_limit", "lr_warmup_iters", "lr_warmup_samples", "eval_iters", "lr", "min_lr",
+                 "weight_decay", "clip_grad", "init_method_std", "error_injection_rate")
 
 
 def _flag(dest: str) -> str:
@@ -355,25 +365,81 @@ def _complete_recompute(args, problems: _Problems) -> None:
                          "--recompute-method block.")
 
 
+def _complete_training_length(args, problems: _Problems) -> None:
+    """Megatron's two ways to say how long to train, never mixed: iterations (--train-iters with the
+    *-iters schedule flags) or samples (--train-samples with the *-samples ones; then
+    train_iters = train_samples // global batch, as Megatron's update_train_iters without ramp-up)."""
+    args.sample_based_training = args.train_samples is not None
+    if args.train_iters is not None and args.train_samples is not None:
+        problems.add(f"--train-iters {args.train_iters} and --train-samples {args.train_samples} are both set "
+                     "(Megatron: 'expected sample-based training'); give one of them.")
+        return
+    if args.sample_based_training:
+        _refuse_other_units_schedule(args, problems, "--train-samples", "sample", ("lr_decay_iters", "lr_warmup_iters"),
+                                     "Use --lr-decay-samples / --lr-warmup-samples (or --lr-warmup-fraction) instead.")
+        if args.lr_warmup_fraction is not None and args.lr_warmup_samples:
+            problems.add("--lr-warmup-fraction and --lr-warmup-samples are both set; give only one.")
+        if getattr(args, "num_micro_batches", None) is not None:  # else the batch is invalid, already reported
+            if args.train_samples < args.global_batch_size:
+                problems.add(f"--train-samples {args.train_samples} is less than one global batch "
+                             f"({args.global_batch_size}): no iteration would run. Raise --train-samples.")
+            args.train_iters = args.train_samples // args.global_batch_size
+    else:
+        _refuse_other_units_schedule(args, problems, "--train-iters", "iteration",
+                                     ("lr_decay_samples", "lr_warmup_samples"),
+                                     "Use --lr-decay-iters / --lr-warmup-iters, or train with --train-samples.")
+
+
+def _refuse_other_units_schedule(args, problems: _Problems, length_flag: str, unit: str, other_dests: tuple[str, str],
+                                 fix: str) -> None:
+    """The decay and warmup flags counted in the other unit than the training length (their
+    defaults are None and 0), as Megatron's validate_args asserts."""
+    decay, warmup = other_dests
+    mixed = [_flag(dest) for dest, given in ((decay, getattr(args, decay) is not None),
+                                             (warmup, getattr(args, warmup) != 0)) if given]
+    if mixed:
+        article = "an" if unit[0] in "aeiou" else "a"
+        problems.add(f"{' and '.join(mixed)} with {length_flag}: {unit}-based training takes {article} {unit}-based "
+                     f"schedule (Megatron: 'expected {unit}-based learning rate decay/warmup'). {fix}")
+
+
+def _complete_rerun_mode(args) -> None:
+    if args.rerun_mode == "report_stats":
+        args.rerun_mode = "report_determinism_stats"  # newer Megatron's name of the same mode
+    if args.error_injection_rate and args.rerun_mode != "validate_results":
+        args.config_warnings.append(f"--error-injection-rate {args.error_injection_rate} has no effect with "
+                                    f"--rerun-mode {args.rerun_mode} (as in Megatron: only validate_results "
+                                    "injects).")
+
+
 def _complete_lr_schedule(args, problems: _Problems) -> None:
-    """Megatron counts the schedule in samples: iterations x global batch."""
+    """Megatron counts the schedule in samples: iterations x global batch, or the *-samples flags."""
     if args.min_lr > args.lr:
         problems.add(f"--min-lr {args.min_lr} is above --lr {args.lr}; the LR decays from --lr down to --min-lr.")
-    if args.lr_decay_iters is None:
-        args.lr_decay_iters = args.train_iters
     if args.lr_warmup_fraction is not None and args.lr_warmup_iters:
         problems.add("--lr-warmup-fraction and --lr-warmup-iters are both set; give only one.")
-    if getattr(args, "num_micro_batches", None) is None:
-        return  # the batch is invalid; already reported
-    args.lr_decay_samples = args.lr_decay_iters * args.global_batch_size
+    if args.train_iters is None or getattr(args, "num_micro_batches", None) is None:
+        return  # the length or the batch is invalid; already reported
+    if args.sample_based_training:
+        if args.lr_decay_samples is None:
+            args.lr_decay_samples = args.train_samples
+        args.lr_decay_iters = None  # Megatron's own field stays unset in sample-based training
+        decay_text = f"--lr-decay-samples {args.lr_decay_samples}"
+        warmup_flags = "--lr-warmup-samples / --lr-warmup-fraction"  # lr_warmup_samples is the flag itself
+    else:
+        if args.lr_decay_iters is None:
+            args.lr_decay_iters = args.train_iters
+        args.lr_decay_samples = args.lr_decay_iters * args.global_batch_size
+        decay_text = f"--lr-decay-iters {args.lr_decay_iters} x global batch"
+        warmup_flags = "--lr-warmup-iters / --lr-warmup-fraction"
+        if args.lr_warmup_fraction is None:
+            args.lr_warmup_samples = args.lr_warmup_iters * args.global_batch_size
     if args.lr_warmup_fraction is not None:
         args.lr_warmup_samples = args.lr_warmup_fraction * args.lr_decay_samples
-    else:
-        args.lr_warmup_samples = args.lr_warmup_iters * args.global_batch_size
     if args.lr_warmup_samples >= args.lr_decay_samples:
         problems.add(f"LR warmup ({args.lr_warmup_samples} samples) must be shorter than LR decay "
-                     f"({args.lr_decay_samples} samples = --lr-decay-iters {args.lr_decay_iters} x global batch). "
-                     "Lower --lr-warmup-iters / --lr-warmup-fraction or raise --lr-decay-iters.")
+                     f"({args.lr_decay_samples} samples = {decay_text}). "
+                     f"Lower {warmup_flags} or lengthen the decay.")
     if args.use_checkpoint_opt_param_scheduler and args.override_opt_param_scheduler:
         problems.add("--use-checkpoint-opt_param-scheduler and --override-opt_param-scheduler contradict each other "
                      "(schedule from the checkpoint vs from the flags); give at most one.")
@@ -381,8 +447,9 @@ def _complete_lr_schedule(args, problems: _Problems) -> None:
 
 def _check_checkpointing(args, problems: _Problems) -> None:
     if args.save_interval is not None and args.save is None:
-        problems.add(f"--save-interval {args.save_interval} is set but --save is not; add --save DIR "
-                     "or drop --save-interval.")
+        # Megatron accepts this and saves nothing; so does goldtron, saying so.
+        args.config_warnings.append(f"--save-interval {args.save_interval} is set but --save is not: no "
+                                    "checkpoint will be written (add --save DIR to save).")
 
 
 def _complete_data_and_tokenizer(args, problems: _Problems) -> None:
