@@ -163,3 +163,19 @@ def test_interleaved_first_rank_runs_the_table_order():
     backwards = [s.slot for s in plan if isinstance(s, Work) and s.kind == "backward"]
     assert forwards == schedule_table(4, 2, 2)
     assert backwards == [(0, 1), (1, 1), (0, 0), (1, 0), (2, 1), (3, 1), (2, 0), (3, 0)]
+
+
+def test_the_checks_catch_plans_that_do_not_fit():
+    """The checks above can fail: a rank that takes two of its transfers in the other order
+    receives tensors under the wrong names, and two ranks that each wait to receive before they
+    send wait forever."""
+    plans = [train_plan(Position(2, r, 2), 4, 2) for r in range(2)]
+    transfers = [i for i, s in enumerate(plans[1]) if isinstance(s, Transfer) and s.recv_prev is not None]
+    a, b = transfers[0], transfers[1]
+    plans[1][a], plans[1][b] = plans[1][b], plans[1][a]
+    sent, expected = _messages(plans, 2, merged=False)
+    assert sent != expected
+    waits_first = [[Transfer(recv_next=(0, 0)), Transfer(send_next=(0, 0))],
+                   [Transfer(recv_prev=(0, 0)), Transfer(send_prev=(0, 0))]]
+    assert _messages(waits_first, 2, merged=False)[0] == _messages(waits_first, 2, merged=False)[1]
+    assert not _runs_to_completion(waits_first, 2, merged=False)
