@@ -52,6 +52,10 @@ Megatron's int(4 x hidden x 2/3 / 64) x 64), `kv_channels`
 `lr_decay_iters` (default `--train-iters`), and the LR schedule in samples as Megatron counts it:
 `lr_decay_samples = lr_decay_iters x global batch`; `lr_warmup_samples = lr_warmup_fraction x
 lr_decay_samples`, or `lr_warmup_iters x global batch`.
+`virtual_pipeline_model_parallel_size`: model chunks per pipeline rank from
+`--num-virtual-stages-per-pipeline-rank` or `--num-layers-per-virtual-pipeline-stage`, None
+without interleaving (one chunk, as Megatron); `microbatch_group_size_per_vp_stage` defaults to PP
+with it (docs/virtual_pipeline.md).
 `position_embedding_type` is `rope` with `--use-rotary-position-embeddings` (Megatron's legacy
 flag); `rotary_dim` = int(kv_channels x rotary_percent), the channels of each head RoPE rotates.
 `num_query_groups` is the number of key/value heads: `--num-query-groups` with
