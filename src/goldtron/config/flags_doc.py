@@ -68,6 +68,10 @@ None. As in Megatron the two units never mix: `--train-iters` refuses `--lr-deca
 non-zero `--lr-warmup-samples`, `--train-samples` refuses `--train-iters`, `--lr-decay-iters` and a
 non-zero `--lr-warmup-iters`. `config_warnings`: valid input that changes nothing, printed by rank 0.
 Which of Megatron's own dense GPT cases these flags accept: [megatron_cases.md](megatron_cases.md).
+`virtual_pipeline_model_parallel_size`: model chunks per pipeline rank from
+`--num-virtual-stages-per-pipeline-rank` or `--num-layers-per-virtual-pipeline-stage`, None
+without interleaving (one chunk, as Megatron); `microbatch_group_size_per_vp_stage` defaults to PP
+with it (docs/virtual_pipeline.md).
 `position_embedding_type` is `rope` with `--use-rotary-position-embeddings` (Megatron's legacy
 flag); `rotary_dim` = int(kv_channels x rotary_percent), the channels of each head RoPE rotates.
 `num_query_groups` is the number of key/value heads: `--num-query-groups` with

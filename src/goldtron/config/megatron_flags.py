@@ -139,11 +139,6 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
 
 # Megatron flag -> what it does there. Passing any of these is a ConfigError.
 UNIMPLEMENTED_FLAGS: dict[str, str] = {
-    "--num-layers-per-virtual-pipeline-stage": "interleaved (virtual) pipeline schedule",
-    "--num-virtual-stages-per-pipeline-rank": "interleaved (virtual) pipeline schedule",
-    "--microbatch-group-size-per-virtual-pipeline-stage": "interleaved (virtual) pipeline schedule",
-    "--overlap-p2p-communication": "interleaved pipeline p2p overlap",
-    "--overlap-p2p-communication-warmup-flush": "interleaved pipeline p2p overlap",
     "--context-parallel-size": "context parallelism",
     "--cp-comm-type": "context parallelism",
     "--hierarchical-context-parallel-sizes": "context parallelism",

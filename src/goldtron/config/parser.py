@@ -114,6 +114,7 @@ def _add_parallel_flags(g) -> None:
                    help="count the embedding as one layer of the first stage when splitting layers over PP")
     g.add_argument("--account-for-loss-in-pipeline-split", action="store_true",
                    help="count the loss (LM head) as one layer of the last stage when splitting layers over PP")
+    _add_virtual_pipeline_flags(g)
     # Free text, checked in validation.py, so an unknown backend gets a message with the fix.
     g.add_argument("--distributed-backend", default=None,
                    help="nccl or gloo; default nccl when CUDA is available, else gloo")
@@ -125,6 +126,27 @@ def _add_parallel_flags(g) -> None:
                    help="defer the output layer's weight-gradient GEMMs to the pipeline flush (PP > 1)")
     g.add_argument("--wgrad-deferral-limit", type=int, default=0,
                    help="defer only the first N micro-batches; 0 defers all")
+
+
+def _add_virtual_pipeline_flags(g) -> None:
+    """Megatron's interleaved (virtual) pipeline schedule (docs/virtual_pipeline.md)."""
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
+                   help="interleaved schedule: layers per model chunk; chunks per rank = layers per rank / N")
+    g.add_argument("--num-virtual-stages-per-pipeline-rank", type=int, default=None,
+                   help="interleaved schedule: model chunks per pipeline rank (VP)")
+    g.add_argument("--microbatch-group-size-per-virtual-pipeline-stage", type=int, default=None,
+                   dest="microbatch_group_size_per_vp_stage",
+                   help="interleaved schedule: micro-batches run back to back per chunk, PP to M (default PP)")
+    # Megatron's p2p overlap (on by default there) changes when transfers are waited for, not what
+    # is sent or computed; goldtron runs the same schedule with each slot's transfers batched.
+    g.add_argument("--no-overlap-p2p-communication", action="store_false", dest="overlap_p2p_comm",
+                   help="Megatron's batched p2p for the interleaved schedule (then PP > 2, as there); "
+                        "same results either way")
+    g.add_argument("--overlap-p2p-communication", action="store_true", dest="overlap_p2p_comm", default=True,
+                   help="Megatron's older spelling of the default (p2p overlapped with compute); same results")
+    g.add_argument("--overlap-p2p-communication-warmup-flush", action="store_true",
+                   dest="overlap_p2p_comm_warmup_flush",
+                   help="overlap p2p in the warmup and flush too (interleaved schedule); same results")
 
 
 def _add_training_flags(g) -> None:

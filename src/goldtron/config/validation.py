@@ -16,8 +16,9 @@ import math
 from dataclasses import dataclass
 
 from goldtron.config.errors import ConfigError
+from goldtron.config.virtual_pipeline import complete_microbatch_group, complete_virtual_stages
 from goldtron.data.tokenizer import vocab_size_of
-from goldtron.model.pipeline_split import PipelineSplit, describe_split, split_problems, stage_layer_counts
+from goldtron.model.pipeline_split import PipelineSplit, describe_split, split_problems, virtual_stage_layer_counts
 
 SUPPORTED_BACKENDS = ("nccl", "gloo")
 
@@ -68,6 +69,8 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
     _complete_layout_and_batch(args, problems)
     _complete_training_length(args, problems)
     _complete_rerun_mode(args)
+    for message in complete_microbatch_group(args):
+        problems.add(message)
     _complete_backend(args, machine, problems)
     _check_embedding_wgrad_deferral(args, problems)
     _complete_lr_schedule(args, problems)
@@ -203,7 +206,7 @@ def _complete_model_shape(args, problems: _Problems) -> None:
     _complete_query_groups(args, problems)
     if args.apply_query_key_layer_scaling:
         args.attention_softmax_in_fp32 = True  # as Megatron's TransformerConfig: the scale is undone in fp32
-    for message in split_problems(PipelineSplit.from_args(args)):
+    for message in complete_virtual_stages(args) + split_problems(PipelineSplit.from_args(args)):
         problems.add(message)
     if args.kv_channels is None:
         if args.hidden_size % args.num_attention_heads:
@@ -323,11 +326,12 @@ def _complete_recompute(args, problems: _Problems) -> None:
         args.recompute_granularity = "selective"  # as Megatron: the legacy flag is selective
     granularity, method, n = args.recompute_granularity, args.recompute_method, args.recompute_num_layers
     split = PipelineSplit.from_args(args)
-    counts = None if split_problems(split) else stage_layer_counts(split)  # bad splits are reported above
+    # Per model chunk: with an interleaved pipeline each chunk is its own block of layers (Megatron).
+    counts = None if split_problems(split) else virtual_stage_layer_counts(split)  # bad splits: reported above
     # N is checked against the largest stage; a smaller stage recomputes all of its layers (block),
     # as Megatron's block loop does. The even split has one size, so this is the usual rule there.
     per_stage = max(counts) if counts else None
-    if split.is_even:
+    if split.is_even and split.virtual_stages == 1:
         stage_text = (f"{per_stage} here (--num-layers {args.num_layers} / --pipeline-model-parallel-size "
                       f"{split.pp_size})")
     else:
