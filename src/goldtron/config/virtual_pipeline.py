@@ -39,6 +39,15 @@ def complete_virtual_stages(args) -> list[str]:
     return []
 
 
+def chunks_per_rank(num_layers: int, pp: int, accounted_units: int, per_stage_layers: int) -> int | None:
+    """Megatron's model chunks per rank from --num-layers-per-virtual-pipeline-stage: (layers +
+    accounted embedding/loss units) / PP / N, or None where that does not divide."""
+    units = num_layers + accounted_units
+    if units % pp or (units // pp) % per_stage_layers:
+        return None
+    return units // pp // per_stage_layers
+
+
 def _from_layers_per_stage(args, per_stage_layers: int) -> list[str]:
     pp = args.pipeline_model_parallel_size
     if per_stage_layers < 1:
@@ -51,12 +60,13 @@ def _from_layers_per_stage(args, per_stage_layers: int) -> list[str]:
              + args.account_for_loss_in_pipeline_split)
     if units % pp:
         return []  # the pipeline split reports this (the layers do not divide over PP)
-    per_rank = units // pp
-    if per_rank % per_stage_layers:
+    chunks = chunks_per_rank(args.num_layers, pp, units - args.num_layers, per_stage_layers)
+    if chunks is None:
+        per_rank = units // pp
         return [f"{LAYERS_FLAG} {per_stage_layers}: the layers per pipeline rank ({per_rank} = {units} / PP {pp}, "
                 "accounted embedding/loss included) are not divisible by it (Megatron's rule). Choose N that "
                 f"divides {per_rank}, or give {STAGES_FLAG}."]
-    return _set_stages(args, per_rank // per_stage_layers)
+    return _set_stages(args, chunks)
 
 
 def _set_stages(args, stages: int) -> list[str]:

@@ -19,7 +19,9 @@ from goldtron import trainer_contract as tags
 from goldtron.gate.case import Case
 from goldtron.gate.checks import judge
 from goldtron.gate.golden import Golden, MetricSeries
+from goldtron.gate.launcher import LaunchOptions
 from goldtron.gate.report import Judgement
+from goldtron.gate.runner import run_repeat
 
 EQUIVALENCE_METRICS = (tags.LM_LOSS, tags.GRAD_NORM)
 # fp32 rounding of the same sums taken in another order (TP's partial GEMMs and all-reduces,
@@ -81,9 +83,6 @@ def unrounded_values(tensorboard_dir: Path, last_step: int) -> Golden:
 def run_twin(case: Case, options, report) -> tuple[Golden | None, bool]:
     """Train `case`'s single-process twin under `options.output_dir`/single_process: its values, or
     None (the failure is in `report.errors`); and whether the trainer refused its configuration."""
-    from goldtron.gate.launcher import LaunchOptions
-    from goldtron.gate.runner import run_repeat
-
     twin = single_process_twin(case)
     twin_options = replace(options, output_dir=options.output_dir / "single_process", launch=LaunchOptions(1),
                            repeats=1, run_name=f"{case.name} single-process twin")

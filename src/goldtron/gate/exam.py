@@ -145,6 +145,13 @@ def _run_test(request: TestRequest, reports: list | None = None) -> int:
     report = CaseReport(case=case.name)
     if reports is not None:
         reports.append(report)
+    refused = refused_by_trainer(case)
+    if refused is None and equivalence:
+        refused = refused_by_trainer(single_process_twin(case))
+    if refused is not None:  # known before any launch or calibration; every rank would say it after start-up
+        print(refused, flush=True)
+        report.errors.append(f"the trainer refuses the case's flags: {refused}")
+        return EXIT_BAD_INPUT
     calibration = _calibrate(case) if judging else None  # timed again after the phases
     try:
         if equivalence:
@@ -181,13 +188,6 @@ def _run_test(request: TestRequest, reports: list | None = None) -> int:
         threading.Thread(target=_warm_imports, args=(request.plot,), daemon=True).start()
     if case.test_type == "frozen-resume":
         frozen_checkpoint(case, options)  # before any phase (the twin's too) is started
-    refused = refused_by_trainer(case)
-    if refused is None and equivalence:
-        refused = refused_by_trainer(single_process_twin(case))
-    if refused is not None:  # every rank would say the same after seconds of start-up
-        print(refused, flush=True)
-        report.errors.append(f"the trainer refuses the case's flags: {refused}")
-        return EXIT_BAD_INPUT
     twin, config_error = run_twin(case, options, report) if equivalence and judging else (None, False)
     for index in range(1, n_repeat + 1):
         if equivalence and twin is None:

@@ -20,10 +20,10 @@ from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 from goldtron.gate.case import find_cases
+from goldtron.gate.commands import EXIT_BAD_INPUT, EXIT_FAIL, EXIT_PASS
 from goldtron.gate.errors import GateInputError
 
 STATE_FILE = "folder_run.json"
-EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
 
 @dataclass

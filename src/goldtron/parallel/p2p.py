@@ -29,15 +29,12 @@ class PipelineP2P:
         self.shape = activation_shape
         self.dtype = dtype
 
-    def _ring_neighbour(self, step: int) -> int:
-        return self.ps.pp_ranks[(self.ps.pp_rank + step) % self.ps.pp_size]
-
     def exchange(self, send_next: torch.Tensor | None = None, send_prev: torch.Tensor | None = None,
                  recv_prev: bool = False, recv_next: bool = False) -> tuple[torch.Tensor | None, torch.Tensor | None]:
         """Send/receive in one batch; returns (activation from the previous rank, gradient from the next)."""
         ps = self.ps
         ops, from_prev, from_next = [], None, None
-        prev_rank, next_rank = self._ring_neighbour(-1), self._ring_neighbour(1)
+        prev_rank, next_rank = ps.prev_stage_rank, ps.next_stage_rank
         if recv_prev:
             from_prev = torch.empty(self.shape, dtype=self.dtype, device=ps.device)
             ops.append(dist.P2POp(dist.irecv, from_prev, prev_rank, tag=ACTIVATION_TAG))

@@ -176,17 +176,19 @@ class _Interleaving:
             return None  # the last virtual stage sends no activation (the first, no gradient)
         return sender_chunk + 1 if forward else sender_chunk - 1
 
-    def name_activation(self, chunk: int | None) -> Slot | None:
+    @staticmethod
+    def _name_next(received: list[int], chunk: int | None) -> Slot | None:
+        """The slot of chunk `chunk`'s next received tensor (they arrive in micro-batch order)."""
         if chunk is None:
             return None
-        self.activations_received[chunk] += 1
-        return self.activations_received[chunk] - 1, chunk
+        received[chunk] += 1
+        return received[chunk] - 1, chunk
+
+    def name_activation(self, chunk: int | None) -> Slot | None:
+        return self._name_next(self.activations_received, chunk)
 
     def name_gradient(self, chunk: int | None) -> Slot | None:
-        if chunk is None:
-            return None
-        self.gradients_received[chunk] += 1
-        return self.gradients_received[chunk] - 1, chunk
+        return self._name_next(self.gradients_received, chunk)
 
     def output_to_send(self, k: int) -> Slot | None:
         slot = self.forward_slot(k)

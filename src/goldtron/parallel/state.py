@@ -70,13 +70,15 @@ class ParallelState:
     def is_last_stage(self) -> bool:
         return self.pp_rank == self.pp_size - 1
 
+    # The pipeline ranks form a ring (an interleaved schedule sends chunk c's output on the last
+    # rank on to chunk c+1 on the first): rank 0's previous rank is the last, and the reverse.
     @property
     def prev_stage_rank(self) -> int:
-        return self.pp_ranks[self.pp_rank - 1]
+        return self.pp_ranks[(self.pp_rank - 1) % self.pp_size]
 
     @property
     def next_stage_rank(self) -> int:
-        return self.pp_ranks[self.pp_rank + 1]
+        return self.pp_ranks[(self.pp_rank + 1) % self.pp_size]
 
     @property
     def in_embedding_group(self) -> bool:
