@@ -51,6 +51,8 @@ def runs(tmp_path_factory):
         "in samples": (1, _in_samples(TINY_MODEL + NO_DROPOUT + TEN_STEPS)),
         "report determinism stats": (1, TINY_MODEL + NO_DROPOUT + TEN_STEPS + ["--rerun-mode", "report_stats"]),
         "rerun disabled": (1, TINY_MODEL + NO_DROPOUT + TEN_STEPS + ["--rerun-mode", "disabled"]),
+        "dropout": (1, TINY_MODEL + ["--train-iters", "4"]),
+        "dropout, report determinism stats": (1, TINY_MODEL + ["--train-iters", "4", "--rerun-mode", "report_stats"]),
     })
     return out, steps
 
@@ -103,6 +105,16 @@ def test_rerun_modes_do_not_change_training(runs, tiny_single_process, name):
     _, steps = runs
     assert [(s["lm_loss"], s["grad_norm"]) for s in steps[name]] == \
            [(s["lm_loss"], s["grad_norm"]) for s in tiny_single_process]
+
+
+def test_a_rerun_in_place_draws_the_same_dropout_masks(runs):
+    """With dropout the re-run only reproduces the loss if every random stream is set back; and
+    training after it is bitwise the run without re-runs, so the streams end where they would."""
+    out, steps = runs
+    assert [(s["lm_loss"], s["grad_norm"]) for s in steps["dropout, report determinism stats"]] == \
+           [(s["lm_loss"], s["grad_norm"]) for s in steps["dropout"]]
+    reports = [line for line in batched_log(out, "dropout, report determinism stats").splitlines() if "max " in line]
+    assert len(reports) == 4 and all("max 0.000e+00" in line for line in reports)
 
 
 def test_report_determinism_stats_reports_a_zero_difference_on_this_deterministic_run(runs):
