@@ -37,8 +37,8 @@ ACCEPTED = {
 REFUSED_FOR = {
     "gpt3_mcore_te_tp1_pp2_cp4_a2a_p2p_nondeterministic": "--context-parallel-size",
     "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_calculate_per_token_loss_1node": "--num-layers-per-virtual-pipeline-stage",
-    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_1node": "--overlap-grad-reduce",
-    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_untied": "--overlap-grad-reduce",
+    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_1node": "--num-layers-per-virtual-pipeline-stage",
+    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_untied": "--num-layers-per-virtual-pipeline-stage",
     "gpt3_mcore_te_tp1_pp4_vp1_tunable_overlap": "--num-layers-per-virtual-pipeline-stage",
     "gpt3_mcore_te_tp1_pp4_vp2_account_for_embedding_loss_in_pipeline_split": "--num-virtual-stages-per-pipeline-rank",
     "gpt3_mcore_te_tp2_pp1_cp2_nondeterministic": "--context-parallel-size",

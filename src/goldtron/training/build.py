@@ -84,7 +84,8 @@ def build_trainer(args, ps, device: torch.device, metrics_file=None):
     checkpointer = build_checkpointer(args, ps, CheckpointParts(model, optimizer, lr_schedule, progress,
                                                                 RankRandomState(rng)))
     p2p = PipelineP2P(ps, (args.micro_batch_size, args.seq_length, args.hidden_size), args.params_dtype)
-    trainer = Trainer(args, ps, model, optimizer, lr_schedule, Schedule(model, ps, p2p), train_ds, valid_ds, memory,
+    schedule = Schedule(model, ps, p2p, per_token_loss=args.calculate_per_token_loss)
+    trainer = Trainer(args, ps, model, optimizer, lr_schedule, schedule, train_ds, valid_ds, memory,
                       progress, checkpointer, metrics_file or MetricsFile(None))
     if memory.cpu_counter is not None:
         memory.cpu_counter.track_existing(model.parameters())
