@@ -2,8 +2,8 @@
 computes, with and without the distributed optimizer.
 
 Each overlapped run is compared with the same layout without the overlap, 10 steps:
-- replicated optimizer (DP2; PP2xDP2, also with deferred LM-head wgrads, whose gradient becomes
-  final only at the drain): `lm loss`, `num-zeros`, grad-norm and params-norm bitwise. Every
+- replicated optimizer (DP2; TP2xDP2; PP2xDP2, also with deferred LM-head wgrads, whose gradient
+  becomes final only at the drain, and with --no-align-grad-reduce): `lm loss`, `num-zeros`, grad-norm and params-norm bitwise. Every
   bucket's all-reduce sums each element over the two ranks (fp32 a + b = b + a) and divides after
   it, as the one-buffer reduction does, so the gradients are the same bits;
 - distributed optimizer (DP2, PP2xDP2 with the tied embedding's bucket): `lm loss` and
@@ -35,6 +35,7 @@ PAIRS = {
     "DP2": (2, 1, 1, [], OVERLAP, True),
     "DP2 one bucket": (2, 1, 1, [], ["--overlap-grad-reduce"], True),
     "DP2 distopt": (2, 1, 1, DISTOPT, OVERLAP, False),
+    "TP2xDP2": (4, 2, 1, [], OVERLAP, True),
     "PP2xDP2": (4, 1, 2, [], OVERLAP, True),
     "PP2xDP2 deferred": (4, 1, 2, DEFER, OVERLAP, True),
     "PP2xDP2 not aligned": (4, 1, 2, [], OVERLAP + ["--no-align-grad-reduce"], True),

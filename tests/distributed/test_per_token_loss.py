@@ -38,6 +38,9 @@ LAYOUT_RTOL = 1e-5  # tests/distributed/test_layouts.py
 # trainer divides the accumulated gradient after it: the same products in another order, fp32
 # rounding ~1e-7 relative on the gradient norm.
 HAND_RTOL = 1e-5
+# The logged loss: the trainer adds the micro-batches' fp32 sums in float64, the hand adds them in
+# fp32: ~4e-8 apart. The per-micro-batch mean of these masks is ~1e-3 away.
+LOSS_RTOL = 1e-6
 LAYOUTS = {  # name: (processes, flags)
     "DP2": (2, PER_TOKEN),
     "PP2": (2, PER_TOKEN + layout_flags(1, 2)),
@@ -76,7 +79,7 @@ def _one_trainer_step(ps, extra: list[str], batches: list[MicroBatch]) -> tuple[
 
 def _hand_gradients(ps, batches: list[MicroBatch]) -> tuple[list[torch.Tensor], float]:
     """d/dW [sum over all micro-batches of the masked token losses / all mask tokens], and that loss."""
-    args = parse_args([*TINY_MODEL, *NO_DROPOUT, "--train-iters", "1"])
+    args = parse_args([*TINY_MODEL, *NO_DROPOUT, "--train-iters", "1", "--lr-warmup-iters", "0"])
     model = GPTStage(args, ps, DropoutRNG(args.seed, 0, 0, ps.device))
     total_tokens = sum(mb.loss_mask.sum() for mb in batches)
     loss_sum = sum((model.loss(model(mb.tokens, mb.position_ids), mb.labels) * mb.loss_mask).sum() for mb in batches)
@@ -95,11 +98,11 @@ def test_per_token_normalization_is_the_hand_computation(one_rank_state):
     model, logged = _one_trainer_step(one_rank_state, PER_TOKEN, batches)
     assert _relative_difference([p.grad for p in model.parameters()], hand) <= HAND_RTOL
     # Megatron logs the token-weighted mean (sum of losses / sum of tokens over the step).
-    assert relative(logged, hand_loss) <= 1e-12
+    assert relative(logged, hand_loss) <= LOSS_RTOL
     # Without the flag each micro-batch is normalized by its own count: another gradient here.
     default_model, default_logged = _one_trainer_step(one_rank_state, [], batches)
     assert _relative_difference([p.grad for p in default_model.parameters()], hand) > 1e-3
-    assert relative(default_logged, hand_loss) <= 1e-12  # the logged loss is the same either way
+    assert relative(default_logged, hand_loss) <= LOSS_RTOL  # the logged loss is the same either way
 
 
 @pytest.fixture(scope="module")
