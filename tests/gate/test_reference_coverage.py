@@ -28,6 +28,9 @@ ACCEPTED = {
     "gpt3_mcore_te_tp1_pp1_resume_torch_dist_dist_optimizer_no_mmap_bin_files",
     "gpt3_mcore_te_tp1_pp1_resume_torch_dist_uniform_full_recompute_1node",
     "gpt3_mcore_te_tp1_pp2_resume_torch_dist_rope_embeddings",
+    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_calculate_per_token_loss_1node",
+    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_1node",
+    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_untied",
     "gpt3_mcore_te_tp1_pp4_vp1_tunable_overlap",
     "gpt3_mcore_te_tp1_pp4_vp1_uneven_pipeline",
     "gpt3_mcore_te_tp1_pp4_vp2_account_for_embedding_loss_in_pipeline_split",
@@ -38,9 +41,6 @@ ACCEPTED = {
 # What the others still need, one feature each is enough to be refused.
 REFUSED_FOR = {
     "gpt3_mcore_te_tp1_pp2_cp4_a2a_p2p_nondeterministic": "--context-parallel-size",
-    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_calculate_per_token_loss_1node": "--calculate-per-token-loss",
-    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_1node": "--overlap-grad-reduce",
-    "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_untied": "--overlap-grad-reduce",
     "gpt3_mcore_te_tp2_pp1_cp2_nondeterministic": "--context-parallel-size",
     "gpt3_mcore_te_tp2_pp1_frozen_resume_torch_dist_cp2_nondeterministic": "--context-parallel-size",
     "gpt3_mcore_te_tp2_pp1_frozen_resume_torch_dist_te_8experts2parallel_dist_optimizer": "--num-experts",

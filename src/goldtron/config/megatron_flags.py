@@ -145,15 +145,12 @@ UNIMPLEMENTED_FLAGS: dict[str, str] = {
     "--expert-model-parallel-size": "mixture of experts",
     "--expert-tensor-parallel-size": "mixture of experts",
     "--num-experts": "mixture of experts",
-    "--overlap-grad-reduce": "gradient reduce overlapped with backward",
-    "--overlap-param-gather": "parameter all-gather overlapped with forward",
     "--recompute-modules": "selective recomputation of modules other than core attention (core_attn, "
                            "Megatron's default, is what --recompute-granularity selective recomputes)",
     "--distribute-saved-activations": "recomputation checkpoints split over the TP ranks",
     "--tp-comm-overlap": "Transformer Engine tensor-parallel communication overlap",
     "--squared-relu": "squared-ReLU MLP",
     "--apply-layernorm-1p": "LayerNorm with (1 + weight)",
-    "--calculate-per-token-loss": "loss averaged over all tokens of the step instead of per micro-batch",
     "--eod-mask-loss": "masking the loss at end-of-document tokens",
     "--reset-position-ids": "position ids restarting at each document",
     "--reset-attention-mask": "attention masked across documents",
@@ -167,6 +164,16 @@ UNIMPLEMENTED_FLAGS: dict[str, str] = {
     "--fp8-format": "FP8 training",
     "--use-flash-attn": "flash attention kernels",
     "--check-for-nan-in-loss-and-grad": "NaN checks inside Megatron's gradient buffers",
+    "--no-check-for-nan-in-loss-and-grad": "NaN checks inside Megatron's gradient buffers (goldtron has none to "
+                                           "turn off)",
+    "--grad-reduce-in-bf16": "gradients accumulated and reduced in bf16 (goldtron keeps and reduces them in fp32)",
+    "--overlap-param-gather-with-optimizer-step": "the first bucket's parameter all-gather overlapped with the "
+                                                  "optimizer step (Megatron: interleaved schedule only, and not "
+                                                  "with distributed checkpoints, goldtron's only format)",
+    "--use-torch-fsdp2": "PyTorch FSDP2 sharding of parameters, gradients and optimizer state",
+    "--use-megatron-fsdp": "Megatron's own FSDP",
+    "--ddp-reduce-scatter-with-fp32-accumulation": "reduce-scatter accumulating in fp32 from lower-precision "
+                                                   "gradients (goldtron's gradients are fp32 already)",
     "--wandb-project": "Weights & Biases logging",
     "--wandb-exp-name": "Weights & Biases logging",
     "--wandb-save-dir": "Weights & Biases logging",

@@ -122,6 +122,27 @@ def _add_parallel_flags(g) -> None:
     g.add_argument("--use-tp-pp-dp-mapping", action="store_true",
                    help="rank order tp-pp-dp (pipeline ranks before data-parallel ones) instead of Megatron's "
                         "default tp-dp-pp: rank = tp + TP x (pp + PP x dp)")
+    g.add_argument("--overlap-grad-reduce", action="store_true",
+                   help="start each gradient bucket's DP reduction (all-reduce, or reduce-scatter with "
+                        "--use-distributed-optimizer) during backward, as soon as its gradients are final")
+    g.add_argument("--overlap-param-gather", action="store_true",
+                   help="with --use-distributed-optimizer and --overlap-grad-reduce: run each bucket's parameter "
+                        "all-gather during the next forward instead of at the end of the optimizer step")
+    g.add_argument("--ddp-bucket-size", type=int, default=None,
+                   help="elements per gradient bucket with --overlap-grad-reduce; default max(40M, 1M x DP)")
+    g.add_argument("--ddp-num-buckets", type=int, default=None,
+                   help="instead of --ddp-bucket-size: this rank's parameter count / N elements per bucket")
+    g.add_argument("--ddp-average-in-collective", action="store_true",
+                   help="Megatron: average in the DP collective instead of scaling before it. The same mean: "
+                        "goldtron sums in the collective and divides after it either way (gloo has no average)")
+    g.add_argument("--ddp-pad-buckets-for-high-nccl-busbw", action="store_true",
+                   help="with --use-distributed-optimizer: pad each bucket to a multiple of 2^16 elements too")
+    g.add_argument("--no-align-grad-reduce", action="store_false", dest="align_grad_reduce",
+                   help="with --overlap-grad-reduce: pipeline stages after the first also start their reduction "
+                        "from backward (default: after their last backward)")
+    g.add_argument("--no-align-param-gather", action="store_false", dest="align_param_gather",
+                   help="no effect without an interleaved schedule (Megatron then turns the alignment off): each "
+                        "bucket's all-gather is started from the forward that needs the one before it")
     g.add_argument("--defer-embedding-wgrad-compute", action="store_true",
                    help="defer the output layer's weight-gradient GEMMs to the pipeline flush (PP > 1)")
     g.add_argument("--wgrad-deferral-limit", type=int, default=0,
@@ -181,6 +202,10 @@ def _add_training_flags(g) -> None:
     g.add_argument("--use-distributed-optimizer", action="store_true",
                    help="shard Adam state over the data-parallel ranks (ZeRO-1): reduce-scatter gradients, "
                         "update the owned range, all-gather parameters")
+    g.add_argument("--calculate-per-token-loss", action="store_true",
+                   help="normalize by the step's loss tokens (all micro-batches and DP ranks) instead of per "
+                        "micro-batch: the backward loss is each micro-batch's sum, and the reduced gradients "
+                        "are divided by the token count")
     g.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1")
     g.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2")
     g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")

@@ -73,6 +73,7 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
         problems.add(message)
     _complete_backend(args, machine, problems)
     _check_embedding_wgrad_deferral(args, problems)
+    _check_gradient_reduction(args, problems)
     _complete_lr_schedule(args, problems)
     _check_checkpointing(args, problems)
     _complete_data_and_tokenizer(args, problems)
@@ -314,6 +315,36 @@ def _check_embedding_wgrad_deferral(args, problems: _Problems) -> None:
         problems.add("--defer-embedding-wgrad-compute needs --pipeline-model-parallel-size > 1 (as in Megatron): "
                      "the deferred GEMMs are hidden in the pipeline flush, which PP 1 does not have. "
                      "Remove the flag or use PP >= 2.")
+
+
+def _check_gradient_reduction(args, problems: _Problems) -> None:
+    """Megatron's rules for the DP gradient reduction flags (arguments.py, training.get_model and
+    distributed_data_parallel.py), each quoted, with the fix."""
+    if args.overlap_param_gather and not args.use_distributed_optimizer:
+        problems.add("--overlap-param-gather only supported with distributed optimizer (Megatron's check): the "
+                     "overlapped all-gather is the distributed optimizer's. Add --use-distributed-optimizer, or drop "
+                     "--overlap-param-gather.")
+    if args.overlap_param_gather and not args.overlap_grad_reduce:
+        problems.add("Must use --overlap-param-gather with --overlap-grad-reduce (Megatron's check). Add "
+                     "--overlap-grad-reduce, or drop --overlap-param-gather.")
+    if args.calculate_per_token_loss and args.ddp_average_in_collective:
+        problems.add("Cannot average in collective when calculating per-token loss! (Megatron's check): with "
+                     "--calculate-per-token-loss the DP reduction is a sum, divided by the step's token count after "
+                     "it. Drop --ddp-average-in-collective.")
+    if args.ddp_num_buckets is not None and args.ddp_bucket_size is not None:
+        problems.add("Cannot specify both --ddp-num-buckets and --ddp-bucket-size (Megatron's check); keep one.")
+    if args.ddp_num_buckets is not None and args.ddp_num_buckets <= 0:
+        problems.add(f"--ddp-num-buckets {args.ddp_num_buckets}: --ddp-num-buckets must be greater than 0 "
+                     "(Megatron's check).")
+    if args.ddp_bucket_size is not None and args.ddp_bucket_size <= 0:
+        problems.add(f"--ddp-bucket-size {args.ddp_bucket_size}: must be a positive number of elements.")
+    # Megatron ignores these silently without --overlap-grad-reduce (no bucketing); goldtron says so.
+    given = [flag for flag, value in (("--ddp-bucket-size", args.ddp_bucket_size),
+                                      ("--ddp-num-buckets", args.ddp_num_buckets)) if value is not None]
+    if given and not args.overlap_grad_reduce:
+        problems.add(f"{' and '.join(given)} given without --overlap-grad-reduce: without it the gradients are "
+                     "reduced in one bucket after backward, so the bucket size changes nothing. Add "
+                     "--overlap-grad-reduce, or drop the flag.")
 
 
 def _complete_recompute(args, problems: _Problems) -> None:

@@ -48,13 +48,14 @@ class _Tensors:
 
 class Schedule:
     def __init__(self, model, ps, p2p: PipelineP2P, trace: StepTrace | None = None,
-                 microbatch_group_size: int | None = None):
+                 microbatch_group_size: int | None = None, per_token_loss: bool = False):
         self.model = model
         self.ps = ps
         self.p2p = p2p
         self.trace = trace or StepTrace()
         self.position = Position(ps.pp_size, ps.pp_rank, model.num_chunks)
         self.microbatch_group_size = microbatch_group_size  # interleaved only; None: PP
+        self.per_token_loss = per_token_loss  # --calculate-per-token-loss
 
     # ---- one micro-batch through one chunk -------------------------------------------------
     def _forward(self, work: Work, mb: MicroBatch, stage_input, num_micro_batches: int, loss: StepLoss):
@@ -71,6 +72,10 @@ class Schedule:
             num_tokens = mb.loss_mask.sum()
             loss.loss_sum += float(loss_sum.detach())
             loss.num_tokens += float(num_tokens)
+            if self.per_token_loss:
+                # Megatron's --calculate-per-token-loss: the sum; the gradients are divided by the
+                # step's token count (all micro-batches, all DP ranks) after the DP reduction.
+                return loss_sum
             # Megatron: each micro-batch's mean loss, scaled by 1/M so the step's gradient is the mean.
             return loss_sum / num_tokens / num_micro_batches
 

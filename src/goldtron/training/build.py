@@ -86,7 +86,8 @@ def build_trainer(args, ps, device: torch.device, metrics_file=None):
     checkpointer = build_checkpointer(args, ps, CheckpointParts(model, optimizer, lr_schedule, progress,
                                                                 random_state))
     p2p = PipelineP2P(ps, (args.micro_batch_size, args.seq_length, args.hidden_size), args.params_dtype)
-    schedule = Schedule(model, ps, p2p, microbatch_group_size=args.microbatch_group_size_per_vp_stage)
+    schedule = Schedule(model, ps, p2p, microbatch_group_size=args.microbatch_group_size_per_vp_stage,
+                        per_token_loss=args.calculate_per_token_loss)
     trainer = Trainer(args, ps, model, optimizer, lr_schedule, schedule, train_ds, valid_ds, memory,
                       progress, checkpointer, metrics_file or MetricsFile(None), ResultValidator.from_args(args, ps),
                       random_state)

@@ -93,7 +93,7 @@ class Trainer:
         self.result_validator.run_step(forward_backward, self._save_random_state, self._restore_random_state,
                                        self.iteration + 1)
         with trace.span("grad-reduce"):
-            grad_norm, num_zeros = self._reduce_measure_and_clip_gradients()
+            grad_norm, num_zeros = self._reduce_measure_and_clip_gradients(micro_batches)
         with trace.span("optimizer"):
             self.checkpointer.before_optimizer_step()  # an async save's copy must be complete
             self.optimizer.step()
@@ -119,9 +119,14 @@ class Trainer:
         if self.random_state is not None:
             self.random_state.load_state_dict(state)
 
-    def _reduce_measure_and_clip_gradients(self) -> tuple[float, int | None]:
-        """Make the gradients final (the optimizer's reduction), then grad-norm, num-zeros, clipping."""
+    def _reduce_measure_and_clip_gradients(self, micro_batches: list[MicroBatch]) -> tuple[float, int | None]:
+        """Make the gradients final (the optimizer's reduction; with --calculate-per-token-loss then the
+        division by the step's tokens, as Megatron's finalize_model_grads), then grad-norm, num-zeros, clipping."""
         self.optimizer.reduce_gradients()
+        if self.args.calculate_per_token_loss:
+            tokens = grads.step_token_count(micro_batches, self.ps)
+            if tokens > 0:
+                grads.scale_gradients_(self.optimizer.gradients(), 1.0 / tokens)
         views = self.optimizer.counted_views(use_grad=True)
         grad_norm = self._norm(views)
         num_zeros = grads.count_zeros(views, self.ps, self.optimizer.norm_group) if self.args.log_num_zeros_in_grad \
@@ -144,6 +149,7 @@ class Trainer:
         a = self.args
         if self.valid_ds is None or a.eval_iters <= 0:
             return None
+        self.optimizer.finish_parameter_sync()  # --overlap-param-gather: whole weights for the forward-only pass
         self.model.eval()
         self.schedule.trace = StepTrace()  # evaluation spans stay out of the last training step's trace
         total = StepLoss()
@@ -237,5 +243,6 @@ class Trainer:
             self.checkpointer.after_step()
         if a.eval_iters > 0 and self.iteration >= a.train_iters:
             self._report_eval("the end of training for val data")
+        self.optimizer.finish_parameter_sync()  # the run ends with whole weights
         self.checkpointer.at_end()
         self.tb.flush()
