@@ -6,19 +6,19 @@ test_layouts.py gives (the same sums in other orders; a wrong shard is 1e-2 or m
 import pytest
 
 from checkpoint.ckpt_runs import relative
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_batches_and_read
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags
 
 ARCHITECTURE = ["--position-embedding-type", "rope", "--swiglu", "--disable-bias-linear"]
 FLAGS = TINY_MODEL + NO_DROPOUT + ARCHITECTURE + ["--train-iters", "10"]
 LAYOUTS = {"TP2": (2, 2, 1), "PP2": (2, 1, 2), "TP2xPP2": (4, 2, 2)}  # name: (processes, tp, pp)
 RTOL = 1e-5
+SHARED_RUNS = {  # the single-process run and every layout (support/shared_runs.py)
+    "single": (1, FLAGS), **{name: (nproc, FLAGS + layout_flags(tp, pp)) for name, (nproc, tp, pp) in LAYOUTS.items()}}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, list[dict]]:
-    """The single-process run and every layout; those of one process count in one launch."""
-    layouts = {name: (nproc, FLAGS + layout_flags(tp, pp)) for name, (nproc, tp, pp) in LAYOUTS.items()}
-    return train_batches_and_read(tmp_path_factory.mktemp("architecture"), {"single": (1, FLAGS), **layouts})
+def runs(shared_runs) -> dict[str, list[dict]]:
+    return shared_runs.read(__name__, SHARED_RUNS)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

@@ -8,13 +8,13 @@ for the reason test_layouts.py gives (the same sums in other orders; a wrong sha
   summed over TP) and TP2 x PP2 (layer scaling by the global layer number on each stage);
 - and, bit for bit in one process, GQA with as many groups as heads is plain multi-head attention.
 
-The runs of each process count share one launch (3 launches in all).
+The runs of each process count share one launch with the session's other runs (support/shared_runs.py).
 """
 
 import pytest
 
 from checkpoint.ckpt_runs import relative
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_batches_and_read
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags
 
 EIGHT_HEADS = TINY_MODEL + NO_DROPOUT + ["--num-attention-heads", "8", "--train-iters", "10"]
 GQA = EIGHT_HEADS + ["--group-query-attention", "--num-query-groups", "4"]
@@ -28,20 +28,19 @@ LAYOUTS = {  # name: (reference run, processes, tp, pp)
     "everything TP2xPP2": ("everything single", 4, 2, 2),
 }
 RTOL = 1e-5
+FLAGS_OF = {"GQA": GQA, "everything": EVERYTHING}
+SHARED_RUNS = {  # support/shared_runs.py: the session's runs of one process count in one launch
+    "GQA single": (1, GQA),
+    "everything single": (1, EVERYTHING),
+    "MHA single": (1, EIGHT_HEADS),
+    "GQA all groups single": (1, EIGHT_HEADS + ["--group-query-attention", "--num-query-groups", "8"]),
+    **{name: (nproc, FLAGS_OF[name.split()[0]] + layout_flags(tp, pp)) for name, (_, nproc, tp, pp) in LAYOUTS.items()},
+}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, list[dict]]:
-    flags_of = {"GQA": GQA, "everything": EVERYTHING}
-    single = {
-        "GQA single": (1, GQA),
-        "everything single": (1, EVERYTHING),
-        "MHA single": (1, EIGHT_HEADS),
-        "GQA all groups single": (1, EIGHT_HEADS + ["--group-query-attention", "--num-query-groups", "8"]),
-    }
-    layouts = {name: (nproc, flags_of[name.split()[0]] + layout_flags(tp, pp))
-               for name, (_, nproc, tp, pp) in LAYOUTS.items()}
-    return train_batches_and_read(tmp_path_factory.mktemp("attention_options"), {**single, **layouts})
+def runs(shared_runs) -> dict[str, list[dict]]:
+    return shared_runs.read(__name__, SHARED_RUNS)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

@@ -13,7 +13,7 @@ moments plus half of the gradients.
 import pytest
 
 from support.metrics import relative
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_and_read, train_batches_and_read
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags
 
 ITERS = ["--train-iters", "10"]
 DISTOPT = ["--use-distributed-optimizer"]
@@ -24,18 +24,25 @@ BITWISE = {"DP2", "TP2xDP2", "PP2xDP2"}
 LAYOUT_RTOL = 1e-5  # tests/distributed/test_layouts.py
 NORM_RTOL = 1e-14
 MEMORY_FLAGS = TINY_MODEL + NO_DROPOUT + ["--train-iters", "3", "--log-memory-to-tensorboard"]
+ONE_RANK_SHARDED = (1, TINY_MODEL + NO_DROPOUT + ITERS + DISTOPT)
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, list[dict]]:
-    """Each layout with and without the flag, and the memory pair: those of one process count in
-    one launch (batch_worker.py: each run built from its own flags)."""
-    runs = {"memory plain": (2, MEMORY_FLAGS), "memory sharded": (2, MEMORY_FLAGS + DISTOPT)}
+def _declared_runs() -> dict[str, tuple[int, list[str]]]:
+    """Each layout with and without the flag, the memory pair, and the flag on one rank."""
+    runs = {"memory plain": (2, MEMORY_FLAGS), "memory sharded": (2, MEMORY_FLAGS + DISTOPT), "flagged": ONE_RANK_SHARDED}
     for name, (nproc, tp, pp) in LAYOUTS.items():
         flags = TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp)
         runs[f"{name} plain"] = (nproc, flags)
         runs[f"{name} sharded"] = (nproc, flags + DISTOPT)
-    return train_batches_and_read(tmp_path_factory.mktemp("distopt"), runs)
+    return runs
+
+
+SHARED_RUNS = _declared_runs()  # support/shared_runs.py: the session's runs of one process count in one launch
+
+
+@pytest.fixture(scope="module")
+def runs(shared_runs) -> dict[str, list[dict]]:
+    return shared_runs.read(__name__, SHARED_RUNS)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -56,8 +63,8 @@ def test_distributed_optimizer_equals_plain_and_single_process(name, runs, tiny_
             assert relative(ours[key], ref[key]) <= NORM_RTOL, (name, it, key, ours[key], ref[key])
 
 
-def test_one_data_parallel_rank_is_the_plain_optimizer_bit_for_bit(tiny_single_process, tmp_path):
-    flagged = train_and_read(tmp_path, "flagged", 1, TINY_MODEL + NO_DROPOUT + ITERS + DISTOPT)
+def test_one_data_parallel_rank_is_the_plain_optimizer_bit_for_bit(runs, tiny_single_process):
+    flagged = runs["flagged"]
     keys = ("lm_loss", "grad_norm", "num_zeros", "params_norm")
     assert [[s[k] for k in keys] for s in flagged] == [[s[k] for k in keys] for s in tiny_single_process]
 

@@ -17,8 +17,8 @@ from goldtron.parallel.trace import TRACE_FOLDER, read_steps
 from goldtron.training.main import main as train_main
 from goldtron.training.rerun import EXIT_CODE_FAILED_ON_RESULT_VALIDATION, EXIT_CODE_RESUME_TO_DISAMBIGUATE
 from support.metrics import assert_same_training
-from support.torchrun import (NO_DROPOUT, TINY_MODEL, batched_log, layout_flags, run_script, run_train,
-                              train_batches_and_read)
+from support.shared_runs import RUN_DIR
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, run_script, run_train
 
 SCRIPTS = Path(__file__).parent / "scripts"
 TEN_STEPS = ["--train-iters", "10"]  # the session's single-process run (conftest.py)
@@ -39,22 +39,22 @@ def _in_samples(flags: list[str]) -> list[str]:
     return out
 
 
+TRACED = ["--log-timers-to-tensorboard", "--tensorboard-dir", f"{RUN_DIR}/tb"]
+SHARED_RUNS = {  # support/shared_runs.py: the session's runs of one process count in one launch
+    "PP2xDP2 tp-dp-pp": (4, PP2_DP2 + TRACED),
+    "PP2xDP2 tp-pp-dp": (4, PP2_DP2 + TRACED + ["--use-tp-pp-dp-mapping", "--check-weight-hash-across-dp-replicas-interval", "5"]),
+    "in samples": (1, _in_samples(TINY_MODEL + NO_DROPOUT + TEN_STEPS)),
+    "report determinism stats": (1, TINY_MODEL + NO_DROPOUT + TEN_STEPS + ["--rerun-mode", "report_stats"]),
+    "rerun disabled": (1, TINY_MODEL + NO_DROPOUT + TEN_STEPS + ["--rerun-mode", "disabled"]),
+    "dropout": (1, TINY_MODEL + ["--train-iters", "4"]),
+    "dropout, report determinism stats": (1, TINY_MODEL + ["--train-iters", "4", "--rerun-mode", "report_stats"]),
+}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("run_flags")
-    timers = ["--log-timers-to-tensorboard"]
-    steps = train_batches_and_read(out, {
-        "PP2xDP2 tp-dp-pp": (4, PP2_DP2 + timers + ["--tensorboard-dir", str(out / "tb-default")]),
-        "PP2xDP2 tp-pp-dp": (4, PP2_DP2 + timers + ["--tensorboard-dir", str(out / "tb-mapping"),
-                                                    "--use-tp-pp-dp-mapping",
-                                                    "--check-weight-hash-across-dp-replicas-interval", "5"]),
-        "in samples": (1, _in_samples(TINY_MODEL + NO_DROPOUT + TEN_STEPS)),
-        "report determinism stats": (1, TINY_MODEL + NO_DROPOUT + TEN_STEPS + ["--rerun-mode", "report_stats"]),
-        "rerun disabled": (1, TINY_MODEL + NO_DROPOUT + TEN_STEPS + ["--rerun-mode", "disabled"]),
-        "dropout": (1, TINY_MODEL + ["--train-iters", "4"]),
-        "dropout, report determinism stats": (1, TINY_MODEL + ["--train-iters", "4", "--rerun-mode", "report_stats"]),
-    })
-    return out, steps
+def runs(shared_runs):
+    """(the shared runs, to read a run's log and folder; the per-step records by name)"""
+    return shared_runs, shared_runs.read(__name__, SHARED_RUNS)
 
 
 def test_tp_pp_dp_mapping_trains_as_one_process(runs, tiny_single_process):
@@ -65,18 +65,19 @@ def test_tp_pp_dp_mapping_trains_as_one_process(runs, tiny_single_process):
 def test_tp_pp_dp_mapping_gives_each_process_megatrons_other_coordinates(runs):
     """Rank r's (pp, dp) as its trace file recorded them: tp-dp-pp puts the DP replicas of a stage
     side by side (rank 1 = stage 0, replica 1); tp-pp-dp puts a pipeline side by side (rank 1 = stage 1)."""
-    out, _ = runs
+    shared, _ = runs
 
-    def coordinates(tb: str) -> dict[int, tuple[int, int]]:
-        return {rank: (by_it[1]["pp_rank"], by_it[1]["dp_rank"]) for rank, by_it in read_steps(out / tb / TRACE_FOLDER).items()}
+    def coordinates(name: str) -> dict[int, tuple[int, int]]:
+        trace = shared.folder(SHARED_RUNS[name]) / "tb" / TRACE_FOLDER
+        return {rank: (by_it[1]["pp_rank"], by_it[1]["dp_rank"]) for rank, by_it in read_steps(trace).items()}
 
-    assert coordinates("tb-default") == {0: (0, 0), 1: (0, 1), 2: (1, 0), 3: (1, 1)}
-    assert coordinates("tb-mapping") == {0: (0, 0), 1: (1, 0), 2: (0, 1), 3: (1, 1)}
+    assert coordinates("PP2xDP2 tp-dp-pp") == {0: (0, 0), 1: (0, 1), 2: (1, 0), 3: (1, 1)}
+    assert coordinates("PP2xDP2 tp-pp-dp") == {0: (0, 0), 1: (1, 0), 2: (0, 1), 3: (1, 1)}
 
 
 def test_weight_hash_check_runs_at_its_interval_and_replicas_match(runs):
-    out, _ = runs
-    log = batched_log(out, "PP2xDP2 tp-pp-dp")
+    shared, _ = runs
+    log = shared.log(SHARED_RUNS["PP2xDP2 tp-pp-dp"])
     assert "Weight hashes match after 5 iterations" in log and "Weight hashes match after 10 iterations" in log
     assert "after 4 iterations" not in log
 
@@ -110,16 +111,16 @@ def test_rerun_modes_do_not_change_training(runs, tiny_single_process, name):
 def test_a_rerun_in_place_draws_the_same_dropout_masks(runs):
     """With dropout the re-run only reproduces the loss if every random stream is set back; and
     training after it is bitwise the run without re-runs, so the streams end where they would."""
-    out, steps = runs
+    shared, steps = runs
     assert [(s["lm_loss"], s["grad_norm"]) for s in steps["dropout, report determinism stats"]] == \
            [(s["lm_loss"], s["grad_norm"]) for s in steps["dropout"]]
-    reports = [line for line in batched_log(out, "dropout, report determinism stats").splitlines() if "max " in line]
+    reports = [line for line in shared.log(SHARED_RUNS["dropout, report determinism stats"]).splitlines() if "max " in line]
     assert len(reports) == 4 and all("max 0.000e+00" in line for line in reports)
 
 
 def test_report_determinism_stats_reports_a_zero_difference_on_this_deterministic_run(runs):
-    out, _ = runs
-    reports = [line for line in batched_log(out, "report determinism stats").splitlines() if "determinism stats" in line]
+    shared, _ = runs
+    reports = [line for line in shared.log(SHARED_RUNS["report determinism stats"]).splitlines() if "determinism stats" in line]
     assert len(reports) == 10
     assert all("max 0.000e+00" in line for line in reports)
 

@@ -18,8 +18,7 @@ Every run also equals the single-process run within the layout tolerance.
 import pytest
 
 from support.metrics import relative
-from support.torchrun import (FLAG_ERROR_MONITOR_INTERVAL_S, NO_DROPOUT, TINY_MODEL, layout_flags, run_train,
-                              train_batches_and_read)
+from support.torchrun import FLAG_ERROR_MONITOR_INTERVAL_S, NO_DROPOUT, TINY_MODEL, layout_flags, run_train
 
 ITERS = ["--train-iters", "10"]
 # ~100K parameters: 20000-element buckets give several buckets per stage (default 40M: one).
@@ -49,9 +48,8 @@ def _flags(tp: int, pp: int, extra: list[str]) -> list[str]:
     return TINY_MODEL + NO_DROPOUT + ITERS + layout_flags(tp, pp) + extra
 
 
-@pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, list[dict]]:
-    """Every pair (and the gathered runs): one launch per process count."""
+def _declared_runs() -> dict[str, tuple[int, list[str]]]:
+    """Every pair, and the gathered runs."""
     runs = {}
     for name, (nproc, tp, pp, plain, overlap, _) in PAIRS.items():
         runs[f"{name} plain"] = (nproc, _flags(tp, pp, plain))
@@ -59,7 +57,15 @@ def runs(tmp_path_factory) -> dict[str, list[dict]]:
     for name, (base, extra) in GATHERED.items():
         nproc, tp, pp, plain, overlap, _ = PAIRS[base]
         runs[name] = (nproc, _flags(tp, pp, plain + overlap + extra))
-    return train_batches_and_read(tmp_path_factory.mktemp("overlap"), runs)
+    return runs
+
+
+SHARED_RUNS = _declared_runs()  # support/shared_runs.py: the session's runs of one process count in one launch
+
+
+@pytest.fixture(scope="module")
+def runs(shared_runs) -> dict[str, list[dict]]:
+    return shared_runs.read(__name__, SHARED_RUNS)
 
 
 @pytest.mark.parametrize("name", list(PAIRS))

@@ -29,7 +29,7 @@ from goldtron.training.metrics_file import MetricsFile
 from goldtron.training.optimizer import build_optimizer
 from goldtron.training.progress import TrainingProgress
 from support.metrics import relative
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_batches_and_read
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags
 
 PER_TOKEN = ["--calculate-per-token-loss"]
 ITERS = ["--train-iters", "10"]
@@ -105,11 +105,15 @@ def test_per_token_normalization_is_the_hand_computation(one_rank_state):
     assert relative(default_logged, hand_loss) <= LOSS_RTOL  # the logged loss is the same either way
 
 
+SHARED_RUNS = {  # support/shared_runs.py: the session's runs of one process count in one launch
+    "single": (1, TINY_MODEL + NO_DROPOUT + ITERS + PER_TOKEN),
+    **{name: (nproc, TINY_MODEL + NO_DROPOUT + ITERS + flags) for name, (nproc, flags) in LAYOUTS.items()},
+}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, list[dict]]:
-    runs = {"single": (1, TINY_MODEL + NO_DROPOUT + ITERS + PER_TOKEN)}
-    runs.update({name: (nproc, TINY_MODEL + NO_DROPOUT + ITERS + flags) for name, (nproc, flags) in LAYOUTS.items()})
-    return train_batches_and_read(tmp_path_factory.mktemp("per_token"), runs)
+def runs(shared_runs) -> dict[str, list[dict]]:
+    return shared_runs.read(__name__, SHARED_RUNS)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

@@ -9,7 +9,7 @@ first stage the embedding alone (Megatron allows it), checked on a 1-layer model
 
 import pytest
 from support.metrics import assert_same_training
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, train_batches_and_read
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags
 
 ITERS = ["--train-iters", "10"]
 EIGHT_LAYERS = ["--num-layers", "8"]
@@ -26,14 +26,16 @@ EIGHT = TINY_MODEL + EIGHT_LAYERS + NO_DROPOUT + ITERS
 ONE_LAYER = TINY_MODEL + ["--num-layers", "1"] + NO_DROPOUT + ["--train-iters", "5"]
 
 
+SHARED_RUNS = {  # both single-process references and every layout (support/shared_runs.py)
+    "single": (1, EIGHT), "single one layer": (1, ONE_LAYER),
+    **{name: (nproc, EIGHT + layout_flags(tp, pp) + split) for name, (nproc, tp, pp, split) in LAYOUTS.items()},
+    "PP2 account embedding (0,1)": (2, ONE_LAYER + layout_flags(1, 2) + ["--account-for-embedding-in-pipeline-split"]),
+}
+
+
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory) -> dict[str, list[dict]]:
-    """Both single-process references and every layout; those of one process count in one launch."""
-    layouts = {name: (nproc, EIGHT + layout_flags(tp, pp) + split) for name, (nproc, tp, pp, split) in LAYOUTS.items()}
-    return train_batches_and_read(tmp_path_factory.mktemp("uneven"), {
-        "single": (1, EIGHT), "single one layer": (1, ONE_LAYER), **layouts,
-        "PP2 account embedding (0,1)": (2, ONE_LAYER + layout_flags(1, 2) + ["--account-for-embedding-in-pipeline-split"]),
-    })
+def runs(shared_runs) -> dict[str, list[dict]]:
+    return shared_runs.read(__name__, SHARED_RUNS)
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))

@@ -7,7 +7,8 @@ offset (chunk c of rank r holding another chunk's layers) or a tensor received f
 (micro-batch, chunk) changes the loss at the first step.
 
 The trace of the PP2 x VP2 run shows which chunk each forward and backward ran, in Megatron's
-order (the timeline draws "micro-batch.chunk"). The launches: one per process count.
+order (the timeline draws "micro-batch.chunk"). The launches: one per process count, shared with
+the session's other runs (support/shared_runs.py).
 """
 
 from __future__ import annotations
@@ -16,7 +17,8 @@ import re
 
 import pytest
 from support.metrics import RTOL, assert_same_training, relative
-from support.torchrun import NO_DROPOUT, TINY_MODEL, batched_log, layout_flags, train_batches_and_read
+from support.shared_runs import RUN_DIR
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags
 
 from goldtron.parallel.schedule_plan import schedule_table
 from goldtron.training.timeline import box_label, boxes_of, draw, read_step, trace_folder
@@ -58,17 +60,22 @@ LAYOUTS = {  # name: (processes, tp, pp, extra flags, reference)
         "single 8 layers M5"),
 }
 TRACED = "PP2xVP2"
+TRACE = ["--log-timers-to-tensorboard", "--tensorboard-dir", f"{RUN_DIR}/tb"]
+SHARED_RUNS = {  # support/shared_runs.py: the session's runs of one process count in one launch
+    **{name: (1, flags) for name, flags in REFERENCES.items()},
+    **{name: (nproc, TINY_MODEL + TEN + layout_flags(tp, pp) + extra + (TRACE if name == TRACED else []))
+       for name, (nproc, tp, pp, extra, _) in LAYOUTS.items()},
+}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    out = tmp_path_factory.mktemp("virtual_pipeline")
-    layouts = {name: (nproc, TINY_MODEL + TEN + layout_flags(tp, pp) + extra)
-               for name, (nproc, tp, pp, extra, _) in LAYOUTS.items()}
-    tb = out / "tb"
-    layouts[TRACED] = (2, layouts[TRACED][1] + ["--log-timers-to-tensorboard", "--tensorboard-dir", str(tb)])
-    steps = train_batches_and_read(out, {**{name: (1, flags) for name, flags in REFERENCES.items()}, **layouts})
-    return out, tb, steps
+def runs(shared_runs):
+    """(what each run printed, by name; the traced run's TensorBoard folder; the per-step records)"""
+    def log_of(name: str) -> str:
+        return shared_runs.log(SHARED_RUNS[name])
+
+    steps = shared_runs.read(__name__, SHARED_RUNS)
+    return log_of, shared_runs.folder(SHARED_RUNS[TRACED]) / "tb", steps
 
 
 @pytest.mark.parametrize("name", list(LAYOUTS))
@@ -92,8 +99,8 @@ def _validation_losses(log: str) -> list[float]:
 
 
 def test_interleaved_evaluation_equals_single_process(runs):
-    out, _, _ = runs
-    ours, reference = _validation_losses(batched_log(out, "PP2xVP2")), _validation_losses(batched_log(out, "single"))
+    log_of, _, _ = runs
+    ours, reference = _validation_losses(log_of("PP2xVP2")), _validation_losses(log_of("single"))
     assert len(ours) == len(reference) == 2  # at iteration 5 and at the end
     for a, b in zip(ours, reference):
         assert relative(a, b) <= RTOL, (a, b)  # printed with 7 significant digits, well inside 1e-5

@@ -1,0 +1,85 @@
+"""The session's independent training runs: those of one process count in one torchrun launch.
+
+A launch costs more than a tiny run: measured on the 2-core AMD kind, a 4-rank launch of one
+10-step run took 16.4 s and of two 19.9 s (one process: 6.7 and 8.4 s), so a file that launches
+its own batch per process count pays ~13 s (4 ranks), ~10 s (2) and ~5 s (1) of start-up for
+each (issue 12). A test module whose runs neither load a checkpoint nor save one that another
+run reads declares them as a module constant
+
+    SHARED_RUNS = {name: (processes, flags)}
+
+and reads them through the session-scoped `shared_runs` fixture (tests/distributed/conftest.py).
+The collected modules' runs of one process count go into launches of up to RUNS_PER_LAUNCH runs,
+in collection order; the first module to need a run starts its launch (tests/support/batch_worker.py:
+each run built from its own flags, on process groups made once per layout). Runs of the same processes and flags run once: the same flags give the
+same bits, across processes and after other runs in a batch (test_layouts.py checks both).
+A flag containing RUN_DIR gets the run's own folder (where its stdout logs are written) instead.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from pathlib import Path
+
+from support.torchrun import batched_log, train_batches_and_read
+
+RUN_DIR = "{RUN_DIR}"
+# At most this many runs a launch: the first test to need a launch pays for all of it inside its
+# own pytest timeout (600 s). 16 four-rank runs of 10 steps take ~60 s on the 2-core AMD kind,
+# twice that with other work beside them.
+RUNS_PER_LAUNCH = 16
+Run = tuple[int, list[str]]
+
+
+def _key(run: Run) -> tuple[int, tuple[str, ...]]:
+    nproc, flags = run
+    return nproc, tuple(flags)
+
+
+class SharedRuns:
+    def __init__(self, out_dir: Path, declared: Iterable[tuple[str, dict[str, Run]]]):
+        """`declared`: (module __name__, its SHARED_RUNS) of every collected module, in collection order."""
+        self.out_dir = out_dir
+        self.folder_of: dict[tuple, str] = {}  # run key -> its folder under out_dir
+        self.launches: list[dict[str, Run]] = []  # {folder: run} of one process count, in order
+        self.records: dict[str, list[dict]] = {}  # folder -> per-step records
+        self.failed: set[str] = set()  # folders of launches that failed
+        for module, runs in declared:
+            self._declare(module, runs)
+
+    def _declare(self, module: str, runs: dict[str, Run]) -> None:
+        for name, run in runs.items():
+            if _key(run) in self.folder_of:
+                continue
+            folder = f"{module.rsplit('.', 1)[-1]}/{name}"
+            self.folder_of[_key(run)] = folder
+            nproc, flags = run
+            launch = next((launch for launch in self.launches if len(launch) < RUNS_PER_LAUNCH
+                           and next(iter(launch.values()))[0] == nproc), None)
+            if launch is None:
+                launch = {}
+                self.launches.append(launch)
+            launch[folder] = (nproc, [flag.replace(RUN_DIR, str(self.out_dir / folder)) for flag in flags])
+
+    def read(self, module: str, runs: dict[str, Run]) -> dict[str, list[dict]]:
+        """{name: per-step records} of `runs`, launching the batches they are in if not run yet."""
+        self._declare(module, runs)  # a module the session did not collect (imported directly)
+        wanted = {self.folder_of[_key(run)] for run in runs.values()}
+        if wanted & self.failed:  # one failed launch fails every module that needs it, once
+            raise AssertionError("a shared launch these runs are in failed (see the first test that needed it)")
+        for launch in [launch for launch in self.launches if wanted & launch.keys()]:
+            self.launches.remove(launch)
+            try:
+                self.records.update(train_batches_and_read(self.out_dir, launch))
+            except BaseException:
+                self.failed.update(launch)
+                raise
+        return {name: self.records[self.folder_of[_key(run)]] for name, run in runs.items()}
+
+    def log(self, run: Run) -> str:
+        """What a run printed, all ranks in rank order."""
+        return batched_log(self.out_dir, self.folder_of[_key(run)])
+
+    def folder(self, run: Run) -> Path:
+        """The run's own folder: what RUN_DIR in its flags became."""
+        return self.out_dir / self.folder_of[_key(run)]
