@@ -16,7 +16,7 @@ LAYOUTS = {
 }
 
 
-def _tiny_under(layout: str, flags: list[str]) -> tuple[int, list[str]]:
+def tiny_under(layout: str, flags: list[str]) -> tuple[int, list[str]]:
     """(processes, flags) of the tiny model under `layout` with extra `flags`."""
     nproc, tp, pp = LAYOUTS[layout]
     return nproc, TINY_MODEL + layout_flags(tp, pp) + flags
@@ -25,7 +25,7 @@ def _tiny_under(layout: str, flags: list[str]) -> tuple[int, list[str]]:
 def layout_run(tmp_path: Path, name: str, layout: str, flags: list[str]) -> tuple[list[dict], str]:
     """Train the tiny model under `layout` with extra `flags`: (per-step float64 metrics, stdout)."""
     metrics = tmp_path / f"{name}.metrics.jsonl"
-    result = run_train(*_tiny_under(layout, flags), env={"GOLDTRON_METRICS_FILE": str(metrics)})
+    result = run_train(*tiny_under(layout, flags), env={"GOLDTRON_METRICS_FILE": str(metrics)})
     return (read_metrics_file(metrics) if metrics.exists() else []), result.stdout
 
 
@@ -33,7 +33,7 @@ def layout_runs(tmp_path: Path, runs: dict[str, tuple[str, list[str]]]) -> dict[
     """{name: (layout, flags)} -> {name: (per-step metrics, stdout)}, as layout_run gives for each,
     with the runs of one process count in one launch. For runs that only read a checkpoint: a
     save and the load that checks it run in processes of their own."""
-    batched = train_batches_and_read(tmp_path, {name: _tiny_under(layout, flags) for name, (layout, flags) in runs.items()})
+    batched = train_batches_and_read(tmp_path, {name: tiny_under(layout, flags) for name, (layout, flags) in runs.items()})
     return {name: (steps, batched_log(tmp_path, name)) for name, steps in batched.items()}
 
 

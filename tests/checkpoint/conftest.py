@@ -2,6 +2,7 @@ import pytest
 import torch
 import torch.distributed as dist
 
+from checkpoint.shared_saves import SharedSaves
 from goldtron.parallel.state import ParallelState
 
 
@@ -13,3 +14,13 @@ def one_rank():
     dist.init_process_group("gloo", store=dist.HashStore(), rank=0, world_size=1)
     yield ParallelState.create(1, 1, torch.device("cpu"), "gloo")
     dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def shared_saves(request, tmp_path_factory):
+    """The SHARED_SAVES and SHARED_LOADS of every collected test module: the saving runs of one
+    process count in one launch, then the loading runs (checkpoint/shared_saves.py)."""
+    modules = dict.fromkeys(item.module for item in request.session.items
+                            if hasattr(getattr(item, "module", None), "SHARED_SAVES"))
+    return SharedSaves(tmp_path_factory.mktemp("shared_saves"),
+                       [(module.__name__, module.SHARED_SAVES, getattr(module, "SHARED_LOADS", {})) for module in modules])

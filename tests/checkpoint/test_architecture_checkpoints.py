@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from checkpoint.ckpt_runs import after, layout_run, relative, rewind, train_save_rewind
+from checkpoint.ckpt_runs import after, relative, tiny_under
+from checkpoint.shared_saves import resume_run, saved, saving_run
 from goldtron.checkpoint.commands import EXIT_ERROR, main as ckpt_main
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.validation import check_architecture
@@ -26,14 +27,29 @@ RTOL = 1e-5
 FFN = 128  # Megatron's swiglu default for hidden 64: int((4 * 64 * 2 / 3) / 64) * 64
 
 
-def test_resume_is_bitwise_exact_with_dropout(tmp_path):
-    """TP2 (fc1 in two blocks per rank), bias-free linears, dropout on; N=6, saved at 3."""
-    save = tmp_path / "ckpt"
-    flags = ROPE_SWIGLU + ["--disable-bias-linear", "--train-iters", "6", "--save", str(save), "--save-interval",
-                           "3", "--load", str(save)]
-    first, _ = layout_run(tmp_path, "first", "TP2PP1", flags)
-    rewind(save, 3)
-    second, _ = layout_run(tmp_path, "second", "TP2PP1", flags)
+# TP2 (fc1 in two blocks per rank), bias-free linears, dropout on; N=6, saved at 3.
+RESUMED = resume_run("TP2PP1", ROPE_SWIGLU + ["--disable-bias-linear"], 6, 3, "TP2 dropout")
+# checkpoint/shared_saves.py: the saving runs in the session's first launches, the loads after.
+SHARED_SAVES = {
+    "TP2 dropout": (RESUMED, 3),
+    # A rope + SwiGLU model (with biases: fc1's bias is blocked too) trained under TP2 x PP2 to 4,
+    # saved at 2, rewound to 2.
+    "tp2pp2": saving_run("TP2xPP2", NO_DROPOUT + ROPE_SWIGLU, 4, 2, "tp2pp2"),
+}
+SHARED_LOADS = {
+    "TP2 dropout": RESUMED,
+    "tp2pp2 -> tp1": tiny_under("TP1PP1", NO_DROPOUT + ROPE_SWIGLU + ["--train-iters", "4", "--load", saved("tp2pp2")]),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(shared_saves):
+    return shared_saves.read(__name__, SHARED_SAVES, SHARED_LOADS)
+
+
+def test_resume_is_bitwise_exact_with_dropout(runs):
+    saves, loads = runs
+    first, (second, _) = saves["TP2 dropout"].steps, loads["TP2 dropout"]
     assert [s["iteration"] for s in second] == [4, 5, 6]
     for ours, ref in zip(second, after(first, 3), strict=True):
         for key in ("lm_loss", "grad_norm", "num_zeros", "params_norm", "learning_rate"):
@@ -41,16 +57,15 @@ def test_resume_is_bitwise_exact_with_dropout(tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tp2pp2(tmp_path_factory):
-    """A rope + SwiGLU model (with biases: fc1's bias is blocked too) trained under TP2 x PP2 to 4,
-    saved at 2, rewound to 2: (save dir, run 1's metrics)."""
-    return train_save_rewind(tmp_path_factory.mktemp("tp2pp2"), "TP2xPP2", NO_DROPOUT + ROPE_SWIGLU, 4, 2)
+def tp2pp2(runs):
+    """The TP2 x PP2 save, rewound to 2: (save dir, run 1's metrics)."""
+    saving = runs[0]["tp2pp2"]
+    return saving.folder, saving.steps
 
 
-def test_tp2pp2_checkpoint_continues_under_tp1(tp2pp2, tmp_path):
-    save, reference = tp2pp2
-    steps, log = layout_run(tmp_path, "tp1", "TP1PP1", NO_DROPOUT + ROPE_SWIGLU + ["--train-iters", "4",
-                                                                                  "--load", str(save)])
+def test_tp2pp2_checkpoint_continues_under_tp1(tp2pp2, runs):
+    _, reference = tp2pp2
+    steps, log = runs[1]["tp2pp2 -> tp1"]
     assert "TP2 x PP2 x DP1" in log
     assert [s["iteration"] for s in steps] == [3, 4]
     for ours, ref in zip(steps, after(reference, 2), strict=True):

@@ -15,7 +15,8 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from checkpoint.ckpt_runs import assert_continues_within, layout_run, train_save_rewind, train_then_resume
+from checkpoint.ckpt_runs import assert_continues_within, tiny_under
+from checkpoint.shared_saves import resume_run, saved, saving_run
 from goldtron.checkpoint.commands import EXIT_ERROR, main as ckpt_main
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.validation import check_architecture
@@ -27,23 +28,42 @@ OPTIONS = ["--num-attention-heads", str(HEADS), "--group-query-attention", "--nu
 RTOL = 1e-5
 
 
-def test_resume_is_bitwise_exact_with_dropout(tmp_path):
-    """Attention and hidden dropout on (the unfused core attention: layer scaling); N=4, saved at 2."""
-    first, second, log = train_then_resume(tmp_path, "TP2PP1", OPTIONS, 4, 2)
+# Attention and hidden dropout on (the unfused core attention: layer scaling); N=4, saved at 2.
+RESUMED = resume_run("TP2PP1", OPTIONS, 4, 2, "TP2 dropout")
+# checkpoint/shared_saves.py: the saving runs in the session's first launches, the loads after.
+SHARED_SAVES = {
+    "TP2 dropout": (RESUMED, 2),
+    # Trained under TP2 (one query group a rank) to 4, saved at 2, rewound to 2.
+    "tp2": saving_run("TP2PP1", NO_DROPOUT + OPTIONS, 4, 2, "tp2"),
+}
+SHARED_LOADS = {
+    "TP2 dropout": RESUMED,
+    "tp2 -> tp1": tiny_under("TP1PP1", NO_DROPOUT + OPTIONS + ["--train-iters", "4", "--load", saved("tp2")]),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(shared_saves):
+    return shared_saves.read(__name__, SHARED_SAVES, SHARED_LOADS)
+
+
+def test_resume_is_bitwise_exact_with_dropout(runs):
+    saves, loads = runs
+    first, (second, log) = saves["TP2 dropout"].steps, loads["TP2 dropout"]
     assert "RNG state not restored" not in log
     assert_continues_within(second, first, 2, 0.0, ("lm_loss", "grad_norm", "num_zeros", "params_norm"))
 
 
 @pytest.fixture(scope="module")
-def tp2(tmp_path_factory):
-    """Trained under TP2 (one query group a rank) to 4, saved at 2, rewound to 2: (save dir, run 1's metrics)."""
-    return train_save_rewind(tmp_path_factory.mktemp("gqa_tp2"), "TP2PP1", NO_DROPOUT + OPTIONS, 4, 2)
+def tp2(runs):
+    """The TP2 save, rewound to 2: (save dir, run 1's metrics)."""
+    saving = runs[0]["tp2"]
+    return saving.folder, saving.steps
 
 
-def test_tp2_checkpoint_continues_under_tp1(tp2, tmp_path):
-    save, reference = tp2
-    steps, log = layout_run(tmp_path, "tp1", "TP1PP1", NO_DROPOUT + OPTIONS + ["--train-iters", "4",
-                                                                              "--load", str(save)])
+def test_tp2_checkpoint_continues_under_tp1(tp2, runs):
+    _, reference = tp2
+    steps, log = runs[1]["tp2 -> tp1"]
     assert "TP2 x PP1 x DP1" in log and [s["iteration"] for s in steps] == [3, 4]
     assert_continues_within(steps, reference, 2, RTOL)
 

@@ -12,37 +12,53 @@ A wrong or missing piece of Adam state changes the update at the first step afte
 
 import pytest
 
-from checkpoint.ckpt_runs import after, layout_run, relative, rewind
+from checkpoint.ckpt_runs import after, relative, tiny_under
+from checkpoint.shared_saves import saved
 from support.torchrun import NO_DROPOUT
 
 N, HALF = 6, 3
 COMPARED = ("lm_loss", "grad_norm", "num_zeros", "params_norm", "learning_rate")
 DISTOPT = ["--use-distributed-optimizer"]
 RTOL = 1e-5  # the layout tolerance of tests/distributed/test_layouts.py, for the same reason
+BITWISE = {"DP2 async": ("DP2", ["--async-save"]), "DP2": ("DP2", []), "PP2xDP2 async": ("PP2xDP2", ["--async-save"])}
 
 
-def _flags(save, *extra):
-    return ["--train-iters", str(N), "--save", str(save), "--save-interval", str(HALF), "--load", str(save), *extra]
+def _flags(save: str, *extra: str) -> list[str]:
+    return ["--train-iters", str(N), "--save", save, "--save-interval", str(HALF), "--load", save, *extra]
 
 
-@pytest.mark.parametrize("layout,extra", [("DP2", ["--async-save"]), ("DP2", []), ("PP2xDP2", ["--async-save"])])
-def test_distributed_optimizer_resume_is_bitwise_exact(layout, extra, tmp_path):
-    save = tmp_path / "ckpt"
-    first, _ = layout_run(tmp_path, "first", layout, _flags(save, *DISTOPT, *extra))
-    rewind(save, HALF)
-    second, log = layout_run(tmp_path, "second", layout, _flags(save, *DISTOPT, *extra))
+# checkpoint/shared_saves.py: every first run in the session's saving launches, the second after the rewind.
+SHARED_SAVES = {
+    **{name: (tiny_under(layout, _flags(saved(name), *DISTOPT, *extra)), HALF) for name, (layout, extra) in BITWISE.items()},
+    "distopt DP2": (tiny_under("DP2", _flags(saved("distopt DP2"), *DISTOPT, *NO_DROPOUT)), HALF),
+    "plain DP2": (tiny_under("DP2", _flags(saved("plain DP2"))), HALF),
+}
+SHARED_LOADS = {
+    **{name: tiny_under(layout, _flags(saved(name), *DISTOPT, *extra)) for name, (layout, extra) in BITWISE.items()},
+    "distopt DP2 -> one process": tiny_under("TP1PP1", _flags(saved("distopt DP2"), *NO_DROPOUT)),
+    "plain DP2 -> distopt": tiny_under("DP2", _flags(saved("plain DP2"), *DISTOPT)),
+}
+
+
+@pytest.fixture(scope="module")
+def runs(shared_saves):
+    return shared_saves.read(__name__, SHARED_SAVES, SHARED_LOADS)
+
+
+@pytest.mark.parametrize("name", list(BITWISE))
+def test_distributed_optimizer_resume_is_bitwise_exact(name, runs):
+    saves, loads = runs
+    first, (second, log) = saves[name].steps, loads[name]
     assert "successfully loaded checkpoint" in log and "optimizer" in log
     assert [s["iteration"] for s in second] == list(range(HALF + 1, N + 1))
     for ours, ref in zip(second, after(first, HALF)):
         for key in COMPARED:
-            assert ours[key] == ref[key], (layout, ours["iteration"], key, ours[key], ref[key])
+            assert ours[key] == ref[key], (name, ours["iteration"], key, ours[key], ref[key])
 
 
-def test_distributed_checkpoint_loads_into_one_process_without_the_flag(tmp_path):
-    save = tmp_path / "ckpt"
-    first, _ = layout_run(tmp_path, "dp2", "DP2", _flags(save, *DISTOPT, *NO_DROPOUT))
-    rewind(save, HALF)
-    second, log = layout_run(tmp_path, "single", "TP1PP1", _flags(save, *NO_DROPOUT))
+def test_distributed_checkpoint_loads_into_one_process_without_the_flag(runs):
+    saves, loads = runs
+    first, (second, log) = saves["distopt DP2"].steps, loads["distopt DP2 -> one process"]
     assert "successfully loaded checkpoint" in log
     assert [s["iteration"] for s in second] == list(range(HALF + 1, N + 1))
     for ours, ref in zip(second, after(first, HALF)):
@@ -50,11 +66,9 @@ def test_distributed_checkpoint_loads_into_one_process_without_the_flag(tmp_path
             assert relative(ours[key], ref[key]) <= RTOL, (ours["iteration"], key, ours[key], ref[key])
 
 
-def test_plain_checkpoint_loads_with_the_flag(tmp_path):
-    save = tmp_path / "ckpt"
-    first, _ = layout_run(tmp_path, "plain", "DP2", _flags(save))
-    rewind(save, HALF)
-    second, log = layout_run(tmp_path, "distopt", "DP2", _flags(save, *DISTOPT))
+def test_plain_checkpoint_loads_with_the_flag(runs):
+    saves, loads = runs
+    first, (second, log) = saves["plain DP2"].steps, loads["plain DP2 -> distopt"]
     assert "successfully loaded checkpoint" in log
     assert [s["iteration"] for s in second] == list(range(HALF + 1, N + 1))
     for ours, ref in zip(second, after(first, HALF)):

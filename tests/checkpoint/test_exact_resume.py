@@ -8,7 +8,8 @@ position and every random stream (dropout is on, so a wrong RNG shows at once) c
 
 import pytest
 
-from checkpoint.ckpt_runs import after, layout_run, rewind
+from checkpoint.ckpt_runs import after, tiny_under
+from checkpoint.shared_saves import saved
 
 N, HALF = 6, 3
 COMPARED = ("lm_loss", "grad_norm", "num_zeros", "params_norm", "learning_rate")
@@ -19,19 +20,33 @@ CASES = {  # layout: extra flags for both runs
 }
 
 
-@pytest.mark.parametrize("layout", list(CASES))
-def test_resume_is_bitwise_exact(layout, tmp_path):
-    save = tmp_path / "ckpt"
-    flags = ["--train-iters", str(N), "--save", str(save), "--save-interval", str(HALF), "--load", str(save),
-             *CASES[layout]]
-    first, log = layout_run(tmp_path, "first", layout, flags)
-    assert "starting from scratch" in log  # --load names the still-empty save folder
-    assert (save / f"iter_{N:07d}" / "metadata.json").exists(), "no end-of-training save"
-    assert not list(save.glob("*.in_progress")), "an unfinished checkpoint folder was left behind"
-    rewind(save, HALF)
+def _flags(layout: str) -> list[str]:
+    """Both runs' flags: --load names the save folder, still empty for run 1."""
+    return ["--train-iters", str(N), "--save", saved(layout), "--save-interval", str(HALF), "--load", saved(layout),
+            *CASES[layout]]
 
-    second, _ = layout_run(tmp_path, "second", layout, flags)
+
+# checkpoint/shared_saves.py: run 1 of every case in the session's saving launches, run 2 after the rewind.
+SHARED_SAVES = {layout: (tiny_under(layout, _flags(layout)), HALF) for layout in CASES}
+SHARED_LOADS = {layout: tiny_under(layout, _flags(layout)) for layout in CASES}
+
+
+@pytest.fixture(scope="module")
+def runs(shared_saves):
+    return shared_saves.read(__name__, SHARED_SAVES, SHARED_LOADS)
+
+
+@pytest.mark.parametrize("layout", list(CASES))
+def test_resume_is_bitwise_exact(layout, runs):
+    saves, loads = runs
+    first = saves[layout]
+    assert "starting from scratch" in first.log  # --load names the still-empty save folder
+    assert f"iter_{N:07d}/metadata.json" in first.files_before_rewind, "no end-of-training save"
+    assert not [f for f in first.files_before_rewind if f.endswith(".in_progress")], \
+        "an unfinished checkpoint folder was left behind"
+
+    second, _ = loads[layout]
     assert [s["iteration"] for s in second] == list(range(HALF + 1, N + 1))
-    for ours, ref in zip(second, after(first, HALF)):
+    for ours, ref in zip(second, after(first.steps, HALF)):
         for key in COMPARED:
             assert ours[key] == ref[key], (layout, ours["iteration"], key, ours[key], ref[key])

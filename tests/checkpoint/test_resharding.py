@@ -11,7 +11,8 @@ same-layout resume reproduces them bit for bit.
 import pytest
 import torch
 
-from checkpoint.ckpt_runs import after, layout_run, layout_runs, relative, rewind
+from checkpoint.ckpt_runs import after, layout_run, relative, tiny_under
+from checkpoint.shared_saves import saved, saving_run
 from goldtron.checkpoint.commands import main as ckpt_main
 from support.torchrun import NO_DROPOUT
 
@@ -23,23 +24,27 @@ RTOL = 1e-5
 TARGETS = ["TP1PP1", "PP4", "TP4", "TP2PP1", "DP2"]
 
 
-@pytest.fixture(scope="module")
-def tp2pp2(tmp_path_factory):
-    """TP2 x PP2 trained to N, saving at N/2, rewound to N/2: (save dir, run 1's metrics)."""
-    tmp = tmp_path_factory.mktemp("tp2pp2")
-    save = tmp / "ckpt"
-    steps, _ = layout_run(tmp, "base", "TP2xPP2", NO_DROPOUT + [
-        "--train-iters", str(N), "--save", str(save), "--save-interval", str(HALF)])
-    rewind(save, HALF)
-    return save, steps
+# checkpoint/shared_saves.py: the saving run in the session's first launches, the loads after.
+SHARED_SAVES = {"tp2pp2": saving_run("TP2xPP2", NO_DROPOUT, N, HALF, "tp2pp2")}  # trained to N, rewound to N/2
+SHARED_LOADS = {  # every target layout loads the TP2 x PP2 checkpoint and trains to N (no save: it only reads)
+    layout: tiny_under(layout, NO_DROPOUT + ["--train-iters", str(N), "--load", saved("tp2pp2")]) for layout in TARGETS}
 
 
 @pytest.fixture(scope="module")
-def continued(tp2pp2, tmp_path_factory):
-    """Every target layout loads the TP2 x PP2 checkpoint and trains to N (no save: it only reads)."""
-    save, _ = tp2pp2
-    return layout_runs(tmp_path_factory.mktemp("targets"), {
-        layout: (layout, NO_DROPOUT + ["--train-iters", str(N), "--load", str(save)]) for layout in TARGETS})
+def runs(shared_saves):
+    return shared_saves.read(__name__, SHARED_SAVES, SHARED_LOADS)
+
+
+@pytest.fixture(scope="module")
+def tp2pp2(runs):
+    """The TP2 x PP2 save, rewound to N/2: (save dir, run 1's metrics)."""
+    saving = runs[0]["tp2pp2"]
+    return saving.folder, saving.steps
+
+
+@pytest.fixture(scope="module")
+def continued(runs):
+    return runs[1]
 
 
 @pytest.mark.parametrize("layout", TARGETS)

@@ -7,7 +7,8 @@ layout, dropout on. The even PP4 split (2,2,2,2) loads it too: same TP/PP/DP, ot
 
 import pytest
 
-from checkpoint.ckpt_runs import after, layout_run, layout_runs, relative, rewind, train_save_rewind
+from checkpoint.ckpt_runs import after, relative, tiny_under
+from checkpoint.shared_saves import resume_run, saved, saving_run
 from goldtron.checkpoint.commands import main as ckpt_main
 from support.torchrun import NO_DROPOUT
 
@@ -16,21 +17,36 @@ UNEVEN = EIGHT_LAYERS + ["--decoder-first-pipeline-num-layers", "1", "--decoder-
 RTOL = 1e-5
 
 
-@pytest.fixture(scope="module")
-def uneven_pp4(tmp_path_factory):
-    """Uneven PP4 trained to 4, saving at 2, rewound to 2: (save dir, run 1's metrics)."""
-    return train_save_rewind(tmp_path_factory.mktemp("uneven"), "PP4", UNEVEN + NO_DROPOUT, 4, 2)
-
-
 EVEN_TARGETS = ["PP2", "TP1PP1", "PP4"]
+# Dropout on (TINY_MODEL's default 0.1): model, Adam state and every random stream come back.
+RESUMED = resume_run("PP4", UNEVEN, 4, 2, "uneven dropout")
+# checkpoint/shared_saves.py: the saving runs in the session's first launches, the loads after.
+SHARED_SAVES = {
+    "uneven": saving_run("PP4", UNEVEN + NO_DROPOUT, 4, 2, "uneven"),  # trained to 4, rewound to 2
+    "uneven dropout": (RESUMED, 2),
+}
+SHARED_LOADS = {  # every even layout loads the uneven checkpoint and trains to 4 (no save: it only reads)
+    **{layout: tiny_under(layout, EIGHT_LAYERS + NO_DROPOUT + ["--train-iters", "4", "--load", saved("uneven")])
+       for layout in EVEN_TARGETS},
+    "uneven dropout": RESUMED,
+}
 
 
 @pytest.fixture(scope="module")
-def continued(uneven_pp4, tmp_path_factory):
-    """Every even layout loads the uneven checkpoint and trains to 4 (no save: it only reads)."""
-    save, _ = uneven_pp4
-    return layout_runs(tmp_path_factory.mktemp("even"), {
-        layout: (layout, EIGHT_LAYERS + NO_DROPOUT + ["--train-iters", "4", "--load", str(save)]) for layout in EVEN_TARGETS})
+def runs(shared_saves):
+    return shared_saves.read(__name__, SHARED_SAVES, SHARED_LOADS)
+
+
+@pytest.fixture(scope="module")
+def uneven_pp4(runs):
+    """The uneven PP4 save, rewound to 2: (save dir, run 1's metrics)."""
+    saving = runs[0]["uneven"]
+    return saving.folder, saving.steps
+
+
+@pytest.fixture(scope="module")
+def continued(runs):
+    return runs[1]
 
 
 @pytest.mark.parametrize("layout", EVEN_TARGETS)
@@ -52,13 +68,9 @@ def test_inspect_shows_the_split(uneven_pp4, capsys):
     assert "TP1 x PP4 x DP1 (layers per stage 1,3,3,1)" in capsys.readouterr().out
 
 
-def test_uneven_resume_is_bitwise_exact(tmp_path):
+def test_uneven_resume_is_bitwise_exact(runs):
     """Dropout on (TINY_MODEL's default 0.1): model, Adam state and every random stream come back."""
-    save = tmp_path / "ckpt"
-    flags = UNEVEN + ["--train-iters", "4", "--save", str(save), "--save-interval", "2", "--load", str(save)]
-    first, _ = layout_run(tmp_path, "first", "PP4", flags)
-    rewind(save, 2)
-    second, log = layout_run(tmp_path, "second", "PP4", flags)
+    first, (second, log) = runs[0]["uneven dropout"].steps, runs[1]["uneven dropout"]
     assert "RNG state not restored" not in log
     assert [s["iteration"] for s in second] == [3, 4]
     for ours, ref in zip(second, after(first, 2), strict=True):

@@ -12,7 +12,8 @@
 
 import pytest
 
-from checkpoint.ckpt_runs import after, assert_continues_within, layout_runs, rewind
+from checkpoint.ckpt_runs import after, assert_continues_within, tiny_under
+from checkpoint.shared_saves import saved
 from support.torchrun import NO_DROPOUT
 
 N, HALF = 4, 2
@@ -20,30 +21,30 @@ VP2 = ["--num-virtual-stages-per-pipeline-rank", "2"]
 RTOL = 1e-5  # see the module docstring
 
 
-def _saving(save, flags: list[str]) -> list[str]:
-    return flags + ["--train-iters", str(N), "--save", str(save), "--save-interval", str(HALF), "--load", str(save)]
+def _saving(save: str, flags: list[str]) -> list[str]:
+    return flags + ["--train-iters", str(N), "--save", save, "--save-interval", str(HALF), "--load", save]
+
+
+LOAD_ONLY = ["--train-iters", str(N)]
+# checkpoint/shared_saves.py: the saving runs in the session's first launches, the loads after the rewind.
+SHARED_SAVES = {
+    "vp": (tiny_under("PP2", _saving(saved("vp"), NO_DROPOUT + VP2)), HALF),
+    "plain": (tiny_under("PP2", _saving(saved("plain"), NO_DROPOUT)), HALF),
+    "vp dropout": (tiny_under("PP2", _saving(saved("vp dropout"), VP2)), HALF),
+}
+SHARED_LOADS = {
+    "vp resumed": tiny_under("PP2", _saving(saved("vp dropout"), VP2)),
+    "vp -> PP2": tiny_under("PP2", NO_DROPOUT + LOAD_ONLY + ["--load", saved("vp")]),
+    "PP2 -> vp": tiny_under("PP2", NO_DROPOUT + VP2 + LOAD_ONLY + ["--load", saved("plain")]),
+    "vp -> one process": tiny_under("TP1PP1", NO_DROPOUT + LOAD_ONLY + ["--load", saved("vp")]),
+}
 
 
 @pytest.fixture(scope="module")
-def runs(tmp_path_factory):
-    """One launch per process count and phase: the saving runs, then (after the rewind) the loads."""
-    tmp = tmp_path_factory.mktemp("vp_ckpt")
-    saves = {name: tmp / name for name in ("vp", "plain", "vp dropout")}
-    first = layout_runs(tmp / "first", {
-        "vp": ("PP2", _saving(saves["vp"], NO_DROPOUT + VP2)),
-        "plain": ("PP2", _saving(saves["plain"], NO_DROPOUT)),
-        "vp dropout": ("PP2", _saving(saves["vp dropout"], VP2)),
-    })
-    for save in saves.values():
-        rewind(save, HALF)
-    load_only = ["--train-iters", str(N)]
-    second = layout_runs(tmp / "second", {
-        "vp resumed": ("PP2", _saving(saves["vp dropout"], VP2)),
-        "vp -> PP2": ("PP2", NO_DROPOUT + load_only + ["--load", str(saves["vp"])]),
-        "PP2 -> vp": ("PP2", NO_DROPOUT + VP2 + load_only + ["--load", str(saves["plain"])]),
-        "vp -> one process": ("TP1PP1", NO_DROPOUT + load_only + ["--load", str(saves["vp"])]),
-    })
-    return first, second
+def runs(shared_saves):
+    """({save name: (run 1's metrics, log)}, {load name: (metrics, log)})"""
+    saves, loads = shared_saves.read(__name__, SHARED_SAVES, SHARED_LOADS)
+    return {name: (saving.steps, saving.log) for name, saving in saves.items()}, loads
 
 
 def test_virtual_pipeline_resume_is_bitwise(runs):

@@ -45,9 +45,9 @@ class SharedRuns:
         self.records: dict[str, list[dict]] = {}  # folder -> per-step records
         self.failed: set[str] = set()  # folders of launches that failed
         for module, runs in declared:
-            self._declare(module, runs)
+            self.declare(module, runs)
 
-    def _declare(self, module: str, runs: dict[str, Run]) -> None:
+    def declare(self, module: str, runs: dict[str, Run]) -> None:
         for name, run in runs.items():
             if _key(run) in self.folder_of:
                 continue
@@ -63,22 +63,35 @@ class SharedRuns:
 
     def read(self, module: str, runs: dict[str, Run]) -> dict[str, list[dict]]:
         """{name: per-step records} of `runs`, launching the batches they are in if not run yet."""
-        self._declare(module, runs)  # a module the session did not collect (imported directly)
-        wanted = {self.folder_of[_key(run)] for run in runs.values()}
-        if wanted & self.failed:  # one failed launch fails every module that needs it, once
+        self.declare(module, runs)  # a module the session did not collect (imported directly)
+        self.run({self.folder_of[_key(run)] for run in runs.values()})
+        return {name: self.records[self.folder_of[_key(run)]] for name, run in runs.items()}
+
+    def launched_with(self, folders: set[str]) -> set[str]:
+        """Every run folder that running `folders` launches (the not yet run launches holding them)."""
+        return {folder for launch in self.launches if folders & launch.keys() for folder in launch}
+
+    def run(self, folders: set[str]) -> list[set[str]]:
+        """Run the launches holding any of `folders` that have not run; the folders of each."""
+        if folders & self.failed:  # one failed launch fails every module that needs it, once
             raise AssertionError("a shared launch these runs are in failed (see the first test that needed it)")
-        for launch in [launch for launch in self.launches if wanted & launch.keys()]:
+        done = []
+        for launch in [launch for launch in self.launches if folders & launch.keys()]:
             self.launches.remove(launch)
             try:
                 self.records.update(train_batches_and_read(self.out_dir, launch))
             except BaseException:
                 self.failed.update(launch)
                 raise
-        return {name: self.records[self.folder_of[_key(run)]] for name, run in runs.items()}
+            done.append(set(launch))
+        return done
 
     def log(self, run: Run) -> str:
         """What a run printed, all ranks in rank order."""
         return batched_log(self.out_dir, self.folder_of[_key(run)])
+
+    def folder_name(self, run: Run) -> str:
+        return self.folder_of[_key(run)]
 
     def folder(self, run: Run) -> Path:
         """The run's own folder: what RUN_DIR in its flags became."""
