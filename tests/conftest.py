@@ -22,3 +22,15 @@ def one_rank_state():
     yield ParallelState.create(1, 1, torch.device("cpu"), "gloo")
     if started_here:
         dist.destroy_process_group()
+
+
+@pytest.fixture(scope="session")
+def shared_runs(request, tmp_path_factory):
+    """The SHARED_RUNS of every collected test module, those of one process count in one launch
+    (support/shared_runs.py)."""
+    from support.shared_runs import SharedRuns  # support/ is importable once this file has run
+
+    modules = dict.fromkeys(item.module for item in request.session.items
+                            if hasattr(getattr(item, "module", None), "SHARED_RUNS"))
+    return SharedRuns(tmp_path_factory.mktemp("shared_runs"),
+                      [(module.__name__, module.SHARED_RUNS) for module in modules])

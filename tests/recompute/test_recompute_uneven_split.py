@@ -2,11 +2,9 @@
 1, 3, 3, 1 layers): block N recomputes the first N layers *of each stage* (all of a stage that has
 fewer), N is checked against the stages' own layer counts, and training is unchanged bit for bit."""
 
-from pathlib import Path
-
 import pytest
 import torch
-from support.torchrun import TINY_MODEL, layout_flags, train_batches_and_read
+from support.torchrun import TINY_MODEL, layout_flags
 
 from goldtron.arguments import ConfigError, parse_args
 from goldtron.model.gpt import GPTStage
@@ -66,10 +64,13 @@ def test_n_up_to_the_largest_stage_is_accepted():
     assert (args.recompute_method, args.recompute_num_layers) == ("block", 3)
 
 
-def test_block_recompute_on_uneven_pp4_is_bitwise_the_plain_run(tmp_path: Path):
+UNEVEN_PP4 = [*TINY_MODEL, *UNEVEN, *layout_flags(1, 4), *DROPOUT_ON, "--train-iters", "3"]
+SHARED_RUNS = {"plain": (4, UNEVEN_PP4), "block": (4, UNEVEN_PP4 + full("block", 2))}  # support/shared_runs.py
+
+
+def test_block_recompute_on_uneven_pp4_is_bitwise_the_plain_run(shared_runs):
     """Dropout on: a recompute with other masks, or on other layers than the stage's, would differ."""
-    flags = [*TINY_MODEL, *UNEVEN, *layout_flags(1, 4), *DROPOUT_ON, "--train-iters", "3"]
-    runs = train_batches_and_read(tmp_path, {"plain": (4, flags), "block": (4, flags + full("block", 2))})
+    runs = shared_runs.read(__name__, SHARED_RUNS)
     plain, block = runs["plain"], runs["block"]
     keys = ("lm_loss", "grad_norm", "params_norm", "num_zeros")
     assert len(plain) == 3
