@@ -10,6 +10,7 @@ import shutil
 
 import pytest
 
+from checkpoint.shared_saves import saved
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.key_check import check_keys
 from goldtron.checkpoint.validation import find_checkpoint
@@ -18,11 +19,14 @@ from support.torchrun import EVERY_RANK_MONITOR_INTERVAL_S, TINY_MODEL, layout_f
 SHARD = "__0_0.distcp"
 
 
+# A good checkpoint at iteration 2, saved in the session's shared checkpoint launches
+# (checkpoint/shared_saves.py; rewound to 2, the save it already is). Tests damage copies of it.
+SHARED_SAVES = {"good": ((1, TINY_MODEL + ["--train-iters", "2", "--lr-decay-iters", "4", "--save", saved("good")]), 2)}
+
+
 @pytest.fixture(scope="module")
-def good(tmp_path_factory):
-    save = tmp_path_factory.mktemp("good") / "ckpt"
-    run_train(1, TINY_MODEL + ["--train-iters", "2", "--lr-decay-iters", "4", "--save", str(save)])
-    return save
+def good(shared_saves):
+    return shared_saves.read(__name__, SHARED_SAVES, {})[0]["good"].folder
 
 
 @pytest.fixture

@@ -25,7 +25,8 @@ from goldtron.training import checkpointing
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.optimizer import build_optimizer
 from goldtron.training.progress import TrainingProgress
-from support.torchrun import TINY_MODEL, run_train
+from checkpoint.shared_saves import saved
+from support.torchrun import TINY_MODEL
 
 REAL_VOCAB = 1001  # NullTokenizer --vocab-size 1000 + eod
 SEQ = 32           # TINY_MODEL's --seq-length and --max-position-embeddings
@@ -36,6 +37,11 @@ LOGIT_ATOL = 1e-5
 # --disable-bias-linear exports with zero biases in GPT-2's linears, which compute the same.
 TIED_AND_UNTIED = {"tied": [], "untied": ["--untie-embeddings-and-output-weights"],
                    "tied, no linear biases": ["--disable-bias-linear"]}
+# Six steps at lr up to 1e-3: LayerNorms and biases move off their 1 / 0 initial values, so a
+# swapped or misordered one changes the logits. Saved in the session's shared checkpoint launches
+# (checkpoint/shared_saves.py; rewound to 6, the save it already is).
+SHARED_SAVES = {tying: ((1, TINY_MODEL + flags + ["--train-iters", "6", "--save", saved(tying)]), 6)
+                for tying, flags in TIED_AND_UNTIED.items()}
 
 
 def test_qkv_reorder_moves_each_head_block_to_its_q_k_v_section():
@@ -94,14 +100,11 @@ def _goldtron_logits(ps, save_dir, extra_flags, tokens) -> torch.Tensor:
 
 
 @pytest.mark.parametrize("tying", TIED_AND_UNTIED)
-def test_hf_gpt2_logits_equal_goldtrons(one_rank, tmp_path, tying):
+def test_hf_gpt2_logits_equal_goldtrons(one_rank, shared_saves, tmp_path, tying):
     transformers = pytest.importorskip(
         "transformers", reason="transformers is a test extra (pyproject [project.optional-dependencies] test)")
     flags = TIED_AND_UNTIED[tying]
-    save_dir, hf_dir = tmp_path / "save", tmp_path / "hf"
-    # Six steps at lr up to 1e-3: LayerNorms and biases move off their 1 / 0 initial values, so
-    # a swapped or misordered one changes the logits.
-    run_train(1, TINY_MODEL + flags + ["--train-iters", "6", "--save", str(save_dir)])
+    save_dir, hf_dir = shared_saves.read(__name__, SHARED_SAVES, {})[0][tying].folder, tmp_path / "hf"
     assert ckpt_main(["export", str(save_dir), "--to", "hf", str(hf_dir)]) == 0
 
     hf_model = transformers.GPT2LMHeadModel.from_pretrained(str(hf_dir)).eval()

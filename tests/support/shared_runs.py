@@ -8,11 +8,12 @@ run reads declares them as a module constant
 
     SHARED_RUNS = {name: (processes, flags)}
 
-and reads them through the session-scoped `shared_runs` fixture (tests/distributed/conftest.py).
+and reads them through the session-scoped `shared_runs` fixture (tests/conftest.py).
 The collected modules' runs of one process count go into launches of up to RUNS_PER_LAUNCH runs,
-in collection order; the first module to need a run starts its launch (tests/support/batch_worker.py:
-each run built from its own flags, on process groups made once per layout). Runs of the same processes and flags run once: the same flags give the
-same bits, across processes and after other runs in a batch (test_layouts.py checks both).
+in collection order; the first module to need a run starts its launch (support/batch_worker.py:
+each run built from its own flags, on process groups made once per layout). Runs of the same
+processes and flags run once: the same flags give the same bits, across processes and after
+other runs in a batch (test_layouts.py checks both).
 A flag containing RUN_DIR gets the run's own folder (where its stdout logs are written) instead.
 """
 
@@ -25,8 +26,8 @@ from support.torchrun import batched_log, train_batches_and_read
 
 RUN_DIR = "{RUN_DIR}"
 # At most this many runs a launch: the first test to need a launch pays for all of it inside its
-# own pytest timeout (600 s). 16 four-rank runs of 10 steps take ~60 s on the 2-core AMD kind,
-# twice that with other work beside them.
+# own pytest timeout (600 s). 16 four-rank runs of 10 steps take ~60 s on the 2-core AMD kind
+# (~3.5 s each, measured), twice that with other work beside them.
 RUNS_PER_LAUNCH = 16
 Run = tuple[int, list[str]]
 
