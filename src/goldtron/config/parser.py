@@ -85,6 +85,8 @@ def _add_model_flags(g) -> None:
     g.add_argument("--rotary-percent", type=float, default=1.0,
                    help="fraction of each head's channels that RoPE rotates, in (0, 1]")
     g.add_argument("--rotary-base", type=int, default=10000, help="RoPE frequency base")
+    g.add_argument("--rotary-interleaved", action="store_true",
+                   help="RoPE pairs channels (2i, 2i+1) instead of (i, i + rotary_dim/2)")
     g.add_argument("--swiglu", action="store_true",
                    help="gated MLP silu(x W_gate) * (x W_up); default --ffn-hidden-size becomes int(8h/3 / 64) x 64")
     # Megatron's dest: the flag turns `add_bias_linear` off.

@@ -65,7 +65,7 @@ class SelfAttention(nn.Module):
             self.k_layernorm = make_norm(args, d, ps.device, partial_over_tp=ps)
         self.rotary = None
         if args.position_embedding_type == "rope":
-            self.rotary = RotaryEmbedding(args.rotary_dim, args.rotary_base)
+            self.rotary = RotaryEmbedding(args.rotary_dim, args.rotary_base, args.rotary_interleaved)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         b, s, _ = x.shape
