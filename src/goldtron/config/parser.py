@@ -74,6 +74,9 @@ def _add_model_flags(g) -> None:
     g.add_argument("--qk-layernorm", action="store_true",
                    help="normalize each head's queries and keys (over the head's channels, the kind "
                         "--normalization names) before RoPE")
+    g.add_argument("--test-mode", action="store_true",
+                   help="Megatron's real-time test: with --qk-layernorm, every step checks that the q/k "
+                        "layer-norm weights agree bit for bit across the DP and TP groups")
     g.add_argument("--apply-query-key-layer-scaling", action="store_true",
                    help="scale the scores of layer L by 1/L more, multiplied back in the fp32 softmax "
                         "(an fp16 range guard; the same result up to rounding; turns on --attention-softmax-in-fp32)")
