@@ -108,7 +108,8 @@ def _attention_args(**changes) -> Namespace:
                 attention_softmax_in_fp32=False, params_dtype=torch.float32, init_method_std=0.3, num_layers=2,
                 seed=5, add_bias_linear=True, position_embedding_type="rope", rotary_dim=8, rotary_base=10000,
                 rotary_interleaved=False, recompute_granularity=None, num_query_groups=2, qk_layernorm=False,
-                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5)
+                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5,
+                sequence_parallel=False)
     args.update(changes)
     return Namespace(**args)
 

@@ -103,7 +103,9 @@ def _add_model_flags(g) -> None:
                    help="CUDA graphs: only none (Megatron's default) is implemented; the others are refused, "
                         "on a CPU because there is no CUDA device to capture graphs on")
     g.add_argument("--sequence-parallel", action="store_true",
-                   help="split LayerNorm/dropout activations over TP along the sequence (off at TP 1)")
+                   help="Megatron's sequence parallelism: the norms, dropouts and residuals outside the TP GEMMs "
+                        "on this TP rank's part of the sequence (docs/sequence_parallel.md; off, with a "
+                        "warning, at TP 1)")
 
 
 def _add_parallel_flags(g) -> None:

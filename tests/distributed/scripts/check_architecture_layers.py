@@ -31,7 +31,8 @@ def layer_args(**changes) -> Namespace:
                 attention_softmax_in_fp32=False, swiglu=False, add_bias_linear=True,
                 position_embedding_type="learned_absolute", rotary_dim=None, rotary_base=10000, rotary_interleaved=False,
                 recompute_granularity=None, num_query_groups=HEADS, qk_layernorm=False,
-                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5)
+                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5,
+                sequence_parallel=False)
     args.update(changes)
     return Namespace(**args)
 
