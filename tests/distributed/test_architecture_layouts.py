@@ -1,7 +1,9 @@
 """The core promise for the architecture options: with --position-embedding-type rope --swiglu
 --disable-bias-linear (dropout 0), `lm loss`, `grad-norm` and `params-norm` of TP2, PP2 and
 TP2xPP2 over 10 steps equal the single-process run within 1e-5 relative, for the reason
-test_layouts.py gives (the same sums in other orders; a wrong shard is 1e-2 or more)."""
+test_layouts.py gives (the same sums in other orders; a wrong shard is 1e-2 or more). TP2 with
+--sequence-parallel too: without a position table its embedding reduce-scatters, and SwiGLU's
+[gate; up] fc1 takes the all-gathered sequence (docs/sequence_parallel.md)."""
 
 import pytest
 
@@ -10,10 +12,12 @@ from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags
 
 ARCHITECTURE = ["--position-embedding-type", "rope", "--swiglu", "--disable-bias-linear"]
 FLAGS = TINY_MODEL + NO_DROPOUT + ARCHITECTURE + ["--train-iters", "10"]
-LAYOUTS = {"TP2": (2, 2, 1), "PP2": (2, 1, 2), "TP2xPP2": (4, 2, 2)}  # name: (processes, tp, pp)
+LAYOUTS = {"TP2": (2, 2, 1), "PP2": (2, 1, 2), "TP2xPP2": (4, 2, 2), "TP2+SP": (2, 2, 1)}  # name: (processes, tp, pp)
+EXTRA = {"TP2+SP": ["--sequence-parallel"]}
 RTOL = 1e-5
 SHARED_RUNS = {  # the single-process run and every layout (support/shared_runs.py)
-    "single": (1, FLAGS), **{name: (nproc, FLAGS + layout_flags(tp, pp)) for name, (nproc, tp, pp) in LAYOUTS.items()}}
+    "single": (1, FLAGS),
+    **{name: (nproc, FLAGS + layout_flags(tp, pp) + EXTRA.get(name, [])) for name, (nproc, tp, pp) in LAYOUTS.items()}}
 
 
 @pytest.fixture(scope="module")

@@ -25,6 +25,8 @@ BAD_INPUTS = {
     "unknown flag": (2, ["--no-such-flag"], ["--no-such-flag"]),
     "sample-based warmup with iterations": (2, ["--lr-warmup-samples", "16"],
                                             ["--lr-warmup-samples", "expected iteration-based learning rate"]),
+    "sequence vs TP under sequence parallelism": (2, layout_flags(2, 1) + ["--sequence-parallel", "--seq-length", "31"],
+                                                  ["--sequence-parallel", "--seq-length 31", "multiple of 2"]),
 }
 
 

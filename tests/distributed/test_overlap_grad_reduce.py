@@ -2,11 +2,11 @@
 computes, with and without the distributed optimizer.
 
 Each overlapped run is compared with the same layout without the overlap, 10 steps:
-- replicated optimizer (DP2; TP2xDP2; PP2xDP2, also with deferred LM-head wgrads, whose gradient
+- replicated optimizer (DP2; TP2xDP2; PP2xDP2 and the interleaved PP2xVP2xDP2, also with deferred LM-head wgrads, whose gradient
   becomes final only at the drain, and with --no-align-grad-reduce): `lm loss`, `num-zeros`, grad-norm and params-norm bitwise. Every
   bucket's all-reduce sums each element over the two ranks (fp32 a + b = b + a) and divides after
   it, as the one-buffer reduction does, so the gradients are the same bits;
-- distributed optimizer (DP2, PP2xDP2 with the tied embedding's bucket): `lm loss` and
+- distributed optimizer (DP2, PP2xDP2 with the tied embedding's bucket, PP2xVP2xDP2): `lm loss` and
   `num-zeros` bitwise; grad-norm and params-norm to 1e-14 relative, because the overlapped
   buckets (Megatron's reverse order, 20000 elements) give each rank other owned ranges, so the
   float64 sums of squares are taken in another order (as in test_distributed_optimizer.py);
@@ -26,6 +26,7 @@ OVERLAP = ["--overlap-grad-reduce", "--ddp-bucket-size", "20000"]
 DISTOPT = ["--use-distributed-optimizer"]
 GATHER = ["--overlap-param-gather"]
 DEFER = ["--defer-embedding-wgrad-compute", "--wgrad-deferral-limit", "1"]
+VP2 = ["--num-layers-per-virtual-pipeline-stage", "1"]  # 4 layers, PP2: two chunks per rank
 LAYOUT_RTOL = 1e-5  # tests/distributed/test_layouts.py
 NORM_RTOL = 1e-14  # tests/distributed/test_distributed_optimizer.py
 
@@ -39,9 +40,12 @@ PAIRS = {
     "PP2xDP2 deferred": (4, 1, 2, DEFER, OVERLAP, True),
     "PP2xDP2 not aligned": (4, 1, 2, [], OVERLAP + ["--no-align-grad-reduce"], True),
     "PP2xDP2 distopt": (4, 1, 2, DISTOPT, OVERLAP, False),
+    "PP2xVP2xDP2": (4, 1, 2, VP2, OVERLAP, True),
+    "PP2xVP2xDP2 distopt": (4, 1, 2, VP2 + DISTOPT, OVERLAP, False),
 }
 # name: (the overlapped run it must equal bit for bit, flags added to it)
-GATHERED = {"DP2 distopt gather": ("DP2 distopt", GATHER), "PP2xDP2 distopt gather": ("PP2xDP2 distopt", GATHER)}
+GATHERED = {"DP2 distopt gather": ("DP2 distopt", GATHER), "PP2xDP2 distopt gather": ("PP2xDP2 distopt", GATHER),
+            "PP2xVP2xDP2 distopt gather": ("PP2xVP2xDP2 distopt", GATHER)}
 
 
 def _flags(tp: int, pp: int, extra: list[str]) -> list[str]:

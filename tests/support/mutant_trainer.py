@@ -95,10 +95,31 @@ def send_previous_activations() -> None:
     PipelineP2P.exchange = stale
 
 
+def corrupt_qk_norm_on_tp_rank_1() -> None:
+    """After iteration 2, tensor-parallel rank 1's first query layer-norm weight moves by 1e-3
+    (silent memory corruption on one rank): --test-mode must stop every rank at iteration 3."""
+    import torch
+
+    from goldtron.training.loop import Trainer
+
+    trainer_step = Trainer.train_step
+
+    def corrupting(self):
+        record = trainer_step(self)
+        if self.iteration == 2 and self.ps.tp_rank == 1:
+            weight = next(p for name, p in self.model.named_parameters() if ".q_layernorm." in name)
+            with torch.no_grad():
+                weight.add_(1e-3)
+        return record
+
+    Trainer.train_step = corrupting
+
+
 MUTANTS = {"drain-one-short": drain_one_short, "skip-rng-restore": skip_rng_restore,
            "three-times-as-slow-late": three_times_as_slow_late,
            "skip-tp-backward-all-reduce": skip_tp_backward_all_reduce,
-           "send-previous-activations": send_previous_activations}
+           "send-previous-activations": send_previous_activations,
+           "corrupt-qk-norm-on-tp-rank-1": corrupt_qk_norm_on_tp_rank_1}
 
 if __name__ == "__main__":
     for name in sys.argv[1].split(","):

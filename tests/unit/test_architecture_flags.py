@@ -21,6 +21,11 @@ def test_rope_rotates_kv_channels_times_percent():
     assert (args.rotary_dim, args.rotary_base) == (16, 500000)
 
 
+def test_rotary_interleaved_is_megatrons_flag():
+    assert parse({"--position-embedding-type": "rope"}).rotary_interleaved is False
+    assert parse({"--position-embedding-type": "rope", "--rotary-interleaved": True}).rotary_interleaved is True
+
+
 def test_legacy_rotary_flag_means_rope():
     assert parse({"--use-rotary-position-embeddings": True}).position_embedding_type == "rope"
 

@@ -232,10 +232,20 @@ def test_several_problems_are_reported_together():
     assert "--num-layers 3" in message and "--seq-length 512" in message
 
 
-def test_sequence_parallel_is_dropped_at_tp1_like_megatron_and_refused_above():
-    assert parse({"--sequence-parallel": True}).sequence_parallel is False
-    message = config_error({"--sequence-parallel": True, "--tensor-model-parallel-size": 2}, world_size=2)
-    assert "--sequence-parallel" in message and "does not implement" in message
+def test_sequence_parallel_is_dropped_at_tp1_with_megatrons_warning_and_kept_above():
+    at_tp1 = parse({"--sequence-parallel": True})
+    assert at_tp1.sequence_parallel is False
+    assert any(w.startswith("Disabling sequence parallelism because tensor model parallelism is disabled")
+               for w in at_tp1.config_warnings)
+    at_tp2 = parse({"--sequence-parallel": True, "--tensor-model-parallel-size": 2}, world_size=2)
+    assert at_tp2.sequence_parallel is True and at_tp2.config_warnings == []
+
+
+def test_sequence_parallel_needs_a_sequence_that_divides_by_tp():
+    message = config_error({"--sequence-parallel": True, "--tensor-model-parallel-size": 4, "--seq-length": 250},
+                           world_size=4)
+    assert "--sequence-parallel" in message and "--seq-length 250" in message
+    assert "multiple of 4 (e.g. 248)" in message
 
 
 def test_no_data_flags_mean_the_embedded_corpus_with_gpt2_bpe():

@@ -28,8 +28,9 @@ def attention_args(**changes) -> Namespace:
     args = dict(hidden_size=H, num_attention_heads=HEADS, kv_channels=D, attention_dropout=0.0,
                 attention_softmax_in_fp32=False, params_dtype=torch.float32, init_method_std=0.3, num_layers=4,
                 seed=7, add_bias_linear=True, position_embedding_type="learned_absolute", rotary_dim=None,
-                rotary_base=10000, recompute_granularity=None, num_query_groups=HEADS, qk_layernorm=False,
-                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5)
+                rotary_base=10000, rotary_interleaved=False, recompute_granularity=None, num_query_groups=HEADS, qk_layernorm=False,
+                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5,
+                sequence_parallel=False)
     args.update(changes)
     return Namespace(**args)
 

@@ -1,6 +1,7 @@
 """RoPE (`--position-embedding-type rope`) against a slow, direct reference: one rotation matrix per
 position, built element by element in float64 from the definition (channel i paired with
-i + dim/2, angle position / base^(2i/dim)); and the properties that make it a position encoding."""
+i + dim/2, or with --rotary-interleaved channel 2i with 2i + 1; angle position / base^(2i/dim));
+and the properties that make it a position encoding."""
 
 import math
 from argparse import Namespace
@@ -19,24 +20,27 @@ from goldtron.parallel.state import ParallelState
 ATOL = 2e-5
 
 
-def reference_rotation(position: int, head_dim: int, rotary_dim: int, base: float) -> torch.Tensor:
+def reference_rotation(position: int, head_dim: int, rotary_dim: int, base: float,
+                       interleaved: bool = False) -> torch.Tensor:
     """[head_dim, head_dim] float64 matrix R with x_rotated = R x, from the definition."""
     rotation = torch.eye(head_dim, dtype=torch.float64)
     half = rotary_dim // 2
     for i in range(half):
         angle = position / base ** (2 * i / rotary_dim)
         c, s = math.cos(angle), math.sin(angle)
-        # the pair (i, i + half) turns by `angle`: x_i' = x_i c - x_j s, x_j' = x_i s + x_j c
-        rotation[i, i], rotation[i, i + half] = c, -s
-        rotation[i + half, i], rotation[i + half, i + half] = s, c
+        a, b = (2 * i, 2 * i + 1) if interleaved else (i, i + half)
+        # the pair (a, b) turns by `angle`: x_a' = x_a c - x_b s, x_b' = x_a s + x_b c
+        rotation[a, a], rotation[a, b] = c, -s
+        rotation[b, a], rotation[b, b] = s, c
     return rotation
 
 
-def reference_rope(x: torch.Tensor, rotary_dim: int, base: float) -> torch.Tensor:
+def reference_rope(x: torch.Tensor, rotary_dim: int, base: float, interleaved: bool = False) -> torch.Tensor:
     """x [..., seq, d] rotated position by position with the matrices above (float64)."""
     out = torch.empty_like(x, dtype=torch.float64)
     for p in range(x.shape[-2]):
-        out[..., p, :] = x[..., p, :].double() @ reference_rotation(p, x.shape[-1], rotary_dim, base).T
+        rotation = reference_rotation(p, x.shape[-1], rotary_dim, base, interleaved)
+        out[..., p, :] = x[..., p, :].double() @ rotation.T
     return out
 
 
@@ -51,6 +55,31 @@ def test_rope_matches_per_position_rotation_matrices(head_dim, percent, base):
     assert torch.equal(ours[..., rotary_dim:], x[..., rotary_dim:])
 
 
+@pytest.mark.parametrize("head_dim, percent", [(16, 1.0), (16, 0.5)])
+def test_interleaved_rope_matches_its_rotation_matrices(head_dim, percent):
+    rotary_dim = int(head_dim * percent)
+    x = torch.randn(2, 3, 31, head_dim, generator=torch.Generator().manual_seed(3))
+    angles = rotary_angles(31, rotary_dim, 10000.0, interleaved=True)
+    ours = apply_rotary(x, angles.cos(), angles.sin(), interleaved=True)
+    torch.testing.assert_close(ours.double(), reference_rope(x, rotary_dim, 10000.0, interleaved=True), atol=ATOL, rtol=0)
+    assert torch.equal(ours[..., rotary_dim:], x[..., rotary_dim:])
+    # a real difference from the default pairing (else the flag would change nothing)
+    default = rotary_angles(31, rotary_dim, 10000.0)
+    assert not torch.allclose(ours, apply_rotary(x, default.cos(), default.sin()), atol=1e-2)
+
+
+def test_interleaved_pairs_are_the_default_ones_with_channels_reordered():
+    """Interleaved RoPE of x equals default RoPE of x with channels (0, 2, 4, ..., 1, 3, 5, ...),
+    put back in place: the same rotation, only which channels form a pair differs. Bitwise: the
+    same products and sums per element, only gathered in another order."""
+    x = torch.randn(1, 2, 9, 8, generator=torch.Generator().manual_seed(4))
+    order = torch.cat((torch.arange(0, 8, 2), torch.arange(1, 8, 2)))
+    inter, plain = rotary_angles(9, 8, 10000.0, interleaved=True), rotary_angles(9, 8, 10000.0)
+    ours = apply_rotary(x, inter.cos(), inter.sin(), interleaved=True)
+    via_default = apply_rotary(x[..., order], plain.cos(), plain.sin())
+    assert torch.equal(ours[..., order], via_default)
+
+
 def test_position_zero_is_the_identity():
     q, k = torch.randn(2, 4, 5, 16, generator=torch.Generator().manual_seed(1)).unbind(0)
     rq, rk = RotaryEmbedding(16, 10000.0)(q.unsqueeze(0), k.unsqueeze(0))
@@ -58,13 +87,14 @@ def test_position_zero_is_the_identity():
     assert not torch.allclose(rq[0, :, 1], q[:, 1])  # and later positions do move
 
 
+@pytest.mark.parametrize("interleaved", [False, True])
 @pytest.mark.parametrize("percent", [1.0, 0.5])
-def test_query_key_product_depends_only_on_the_distance(percent):
+def test_query_key_product_depends_only_on_the_distance(percent, interleaved):
     """q at position m and k at position n: <R_m q, R_n k> is a function of m - n."""
     g = torch.Generator().manual_seed(2)
     q, k = torch.randn(16, generator=g), torch.randn(16, generator=g)
     seq = 24
-    rope = RotaryEmbedding(int(16 * percent), 10000.0)
+    rope = RotaryEmbedding(int(16 * percent), 10000.0, interleaved)
     rq, rk = rope(q.expand(1, 1, seq, 16), k.expand(1, 1, seq, 16))
     scores = rq[0, 0] @ rk[0, 0].T  # scores[m, n] = <q at m, k at n>
     for distance in (0, 3, 7):
@@ -77,16 +107,19 @@ def _attention_args(**changes) -> Namespace:
     args = dict(hidden_size=32, num_attention_heads=2, kv_channels=16, attention_dropout=0.0,
                 attention_softmax_in_fp32=False, params_dtype=torch.float32, init_method_std=0.3, num_layers=2,
                 seed=5, add_bias_linear=True, position_embedding_type="rope", rotary_dim=8, rotary_base=10000,
-                recompute_granularity=None, num_query_groups=2, qk_layernorm=False,
-                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5)
+                rotary_interleaved=False, recompute_granularity=None, num_query_groups=2, qk_layernorm=False,
+                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5,
+                sequence_parallel=False)
     args.update(changes)
     return Namespace(**args)
 
 
-def test_attention_rotates_queries_and_keys_not_values():
+@pytest.mark.parametrize("interleaved", [False, True])
+def test_attention_rotates_queries_and_keys_not_values(interleaved):
     """The attention of a rope model is the reference: split q, k, v per head, rotate q and k by
-    the per-position matrices, causal softmax attention, output projection."""
-    args = _attention_args()
+    the per-position matrices (--rotary-interleaved: the interleaved pairs), causal softmax
+    attention, output projection."""
+    args = _attention_args(rotary_interleaved=interleaved)
     ps = ParallelState(world_size=1, rank=0, tp_size=1, pp_size=1, dp_size=1, device=torch.device("cpu"),
                        backend="gloo")
     attention = SelfAttention(args, ps, "decoder.layers.0.self_attention", DropoutRNG(args.seed, 0, 0, ps.device), 1)
@@ -94,7 +127,7 @@ def test_attention_rotates_queries_and_keys_not_values():
     with torch.no_grad():
         qkv = F.linear(x, attention.linear_qkv.weight, attention.linear_qkv.bias).view(2, 9, 2, 3, 16)
         q, k, v = (qkv[:, :, :, i].transpose(1, 2).double() for i in range(3))
-        q, k = reference_rope(q, 8, 10000.0), reference_rope(k, 8, 10000.0)
+        q, k = reference_rope(q, 8, 10000.0, interleaved), reference_rope(k, 8, 10000.0, interleaved)
         scores = (q @ k.transpose(-1, -2)) / math.sqrt(16)
         scores = scores.masked_fill(torch.ones(9, 9, dtype=torch.bool).triu(1), float("-inf"))
         context = (scores.softmax(-1) @ v).transpose(1, 2).reshape(2, 9, 32)

@@ -49,8 +49,8 @@ This file is generated: `python -m goldtron.config.flags_doc > docs/flags.md`.
   random state and logs the loss difference at each log line; `disabled` checks nothing.
   `--error-injection-rate N` / `--error-injection-type` test the machinery as Megatron's do.
 - `--cuda-graph-impl` other than `none` is an error (on a CPU: no CUDA device to capture graphs on).
-- `--sequence-parallel` is switched off at TP 1 (as Megatron does) and refused above it: goldtron
-  does not implement sequence parallelism yet.
+- `--sequence-parallel` is switched off at TP 1 with Megatron's warning, as Megatron does; above
+  it the sequence length must divide by TP ([sequence_parallel.md](sequence_parallel.md)).
 
 ## Derived fields
 

@@ -74,6 +74,9 @@ def _add_model_flags(g) -> None:
     g.add_argument("--qk-layernorm", action="store_true",
                    help="normalize each head's queries and keys (over the head's channels, the kind "
                         "--normalization names) before RoPE")
+    g.add_argument("--test-mode", action="store_true",
+                   help="Megatron's real-time test: with --qk-layernorm, every step checks that the q/k "
+                        "layer-norm weights agree bit for bit across the DP and TP groups")
     g.add_argument("--apply-query-key-layer-scaling", action="store_true",
                    help="scale the scores of layer L by 1/L more, multiplied back in the fp32 softmax "
                         "(an fp16 range guard; the same result up to rounding; turns on --attention-softmax-in-fp32)")
@@ -85,6 +88,8 @@ def _add_model_flags(g) -> None:
     g.add_argument("--rotary-percent", type=float, default=1.0,
                    help="fraction of each head's channels that RoPE rotates, in (0, 1]")
     g.add_argument("--rotary-base", type=int, default=10000, help="RoPE frequency base")
+    g.add_argument("--rotary-interleaved", action="store_true",
+                   help="RoPE pairs channels (2i, 2i+1) instead of (i, i + rotary_dim/2)")
     g.add_argument("--swiglu", action="store_true",
                    help="gated MLP silu(x W_gate) * (x W_up); default --ffn-hidden-size becomes int(8h/3 / 64) x 64")
     # Megatron's dest: the flag turns `add_bias_linear` off.
@@ -98,7 +103,9 @@ def _add_model_flags(g) -> None:
                    help="CUDA graphs: only none (Megatron's default) is implemented; the others are refused, "
                         "on a CPU because there is no CUDA device to capture graphs on")
     g.add_argument("--sequence-parallel", action="store_true",
-                   help="split LayerNorm/dropout activations over TP along the sequence (off at TP 1)")
+                   help="Megatron's sequence parallelism: the norms, dropouts and residuals outside the TP GEMMs "
+                        "on this TP rank's part of the sequence (docs/sequence_parallel.md; off, with a "
+                        "warning, at TP 1)")
 
 
 def _add_parallel_flags(g) -> None:

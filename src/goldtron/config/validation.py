@@ -231,13 +231,15 @@ def _complete_model_shape(args, problems: _Problems) -> None:
                      f"{args.max_position_embeddings}: positions past the table have no embedding. "
                      f"Raise --max-position-embeddings to at least {args.seq_length} or shorten --seq-length.")
     if args.sequence_parallel and tp == 1:
-        args.sequence_parallel = False  # Megatron does the same: nothing to split over one TP rank.
-    if args.sequence_parallel:
-        problems.add("--sequence-parallel: goldtron does not implement sequence parallelism yet; drop the flag "
-                     "(the math is the same without it; only activation memory differs).")
+        # Megatron's arguments.py: warned and switched off (nothing to split over one TP rank).
+        args.sequence_parallel = False
+        args.config_warnings.append("Disabling sequence parallelism because tensor model parallelism is disabled "
+                                    "(--sequence-parallel with --tensor-model-parallel-size 1)")
     if args.sequence_parallel and args.seq_length % tp:
         problems.add(f"--sequence-parallel splits the sequence over TP, but --seq-length {args.seq_length} is "
-                     f"not divisible by --tensor-model-parallel-size {tp}.")
+                     f"not divisible by --tensor-model-parallel-size {tp}: choose a --seq-length that is a "
+                     f"multiple of {tp} (e.g. {args.seq_length - args.seq_length % tp or tp}), or drop "
+                     "--sequence-parallel.")
 
 
 def _complete_query_groups(args, problems: _Problems) -> None:

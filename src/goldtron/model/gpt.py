@@ -42,7 +42,8 @@ class Decoder(nn.Module):
             str(i): TransformerLayer(args, ps, f"decoder.layers.{i}", rng, layer_number=i + 1)
             for layers in self.chunk_layers for i in layers
         })
-        self.final_layernorm = make_norm(args, args.hidden_size, ps.device) if ps.is_last_stage else None
+        self.final_layernorm = make_norm(args, args.hidden_size, ps.device, on_sequence_part=True) \
+            if ps.is_last_stage else None
         self.rng = rng
         # --recompute-granularity full: which layers run under a checkpoint, in which groups; per
         # model chunk, as Megatron's transformer block of each chunk does.
@@ -67,7 +68,8 @@ class GPTStage(nn.Module):
         if ps.is_last_stage:
             self.vocab_start, _, _ = vocab_range(args.padded_vocab_size, args.real_vocab_size, ps)
             defer_limit = args.wgrad_deferral_limit if args.defer_embedding_wgrad_compute else None
-            self.output_layer = OutputLayer(self._output_weight(args, ps), ps, args.params_dtype, defer_limit)
+            self.output_layer = OutputLayer(self._output_weight(args, ps), ps, args.params_dtype, defer_limit,
+                                            args.sequence_parallel)
 
     def _output_weight(self, args: Namespace, ps: ParallelState) -> nn.Parameter:
         if self.tied and self.embedding is not None:

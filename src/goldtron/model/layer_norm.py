@@ -8,6 +8,9 @@ norms) gets the same gradient on every TP rank. One applied to a rank's own head
 gets a part of it on each: built with `partial_over_tp`, its forward passes the weights through
 copy_to_tensor_parallel (identity forward, all-reduce backward), which sums the parts as Megatron's
 gradient finalization does, so every TP rank holds the full gradient.
+Under --sequence-parallel the layers' norms see only this rank's sequence part: their weights
+are marked `sequence_parallel` and their gradients summed over TP after backward
+(parallel/sequence_parallel.py), once per step, as Megatron does.
 """
 
 from __future__ import annotations
@@ -19,6 +22,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from goldtron.parallel.collectives import copy_to_tensor_parallel
+from goldtron.parallel.sequence_parallel import mark_sequence_parallel
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.tensor_parallel import make_parameter
 
@@ -58,7 +62,12 @@ class RMSNorm(_Norm):
 
 
 def make_norm(args: Namespace, hidden: int, device: torch.device,
-              partial_over_tp: ParallelState | None = None) -> LayerNorm | RMSNorm:
-    """The normalization --normalization names, over the last `hidden` channels, with --norm-epsilon."""
+              partial_over_tp: ParallelState | None = None, on_sequence_part: bool = False) -> LayerNorm | RMSNorm:
+    """The normalization --normalization names, over the last `hidden` channels, with --norm-epsilon.
+    `on_sequence_part`: applied to a sequence-parallel activation (under --sequence-parallel)."""
     norm = RMSNorm if args.normalization == "RMSNorm" else LayerNorm
-    return norm(hidden, args.norm_epsilon, device, partial_over_tp)
+    module = norm(hidden, args.norm_epsilon, device, partial_over_tp)
+    if on_sequence_part and args.sequence_parallel:
+        for param in module.parameters():
+            mark_sequence_parallel(param)
+    return module

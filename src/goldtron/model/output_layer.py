@@ -5,6 +5,12 @@ Deferral, as Megatron does it: in backward, the input-gradient dX = dY W is comp
 (the previous stage is waiting for it), but the weight-gradient dW = dY^T X is skipped and the
 pair (X, dY) kept. `drain_deferred_wgrads` does the kept GEMMs after the pipeline flush, before
 gradients are reduced. With limit L > 0 only the first L micro-batches of a step are deferred.
+
+Under --sequence-parallel the input (the final norm's output) is this rank's sequence part: it
+is all-gathered first (its gradient reduce-scattered), and the GEMMs, kept pairs included, see
+the whole sequence. Megatron keeps the sequence part instead and gathers it again at the drain;
+keeping the gathered input costs TP times its bytes per deferred micro-batch and saves that
+collective (the math is the same).
 """
 
 from __future__ import annotations
@@ -13,6 +19,7 @@ import torch
 from torch import nn
 
 from goldtron.parallel.collectives import copy_to_tensor_parallel
+from goldtron.parallel.sequence_parallel import gather_from_sequence_parallel
 
 
 class DeferredWgradBuffer:
@@ -81,10 +88,12 @@ class OutputLayer(nn.Module):
     same as Megatron's logits masked to -inf, and keeps the loss independent of the padding.
     """
 
-    def __init__(self, weight: nn.Parameter, ps, compute_dtype: torch.dtype, defer_limit: int | None):
+    def __init__(self, weight: nn.Parameter, ps, compute_dtype: torch.dtype, defer_limit: int | None,
+                 sequence_parallel: bool = False):
         super().__init__()
         self.weight = weight
         self.tp_group, self.release = ps.tp_group, ps.backend_release
+        self.sequence_parallel = sequence_parallel
         self.compute_dtype = compute_dtype
         self.deferred = None if defer_limit is None else DeferredWgradBuffer(defer_limit)
         # Called with the weight after each in-place wgrad add (now or at the drain): autograd's
@@ -95,7 +104,10 @@ class OutputLayer(nn.Module):
         return weight.detach()[: weight.real_rows].to(self.compute_dtype)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = copy_to_tensor_parallel(x, self.tp_group, self.release)
+        if self.sequence_parallel:
+            x = gather_from_sequence_parallel(x, self.tp_group, self.release)
+        else:
+            x = copy_to_tensor_parallel(x, self.tp_group, self.release)
         return _OutputLinear.apply(x, self.weight, self)
 
     @torch.no_grad()

@@ -24,7 +24,7 @@ from goldtron.model.layer_norm import make_norm
 from goldtron.model.qk_scaling import QueryKeyScaling
 from goldtron.model.qkv_layout import expand_key_value, qkv_full_weight, qkv_rows, split_qkv
 from goldtron.model.rotary import RotaryEmbedding
-from goldtron.parallel.random import DropoutRNG, dropout
+from goldtron.parallel.random import DropoutRNG, dropout, hidden_dropout_generator
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
 
@@ -52,12 +52,14 @@ class SelfAttention(nn.Module):
         self.run_core_attention = recompute.CoreAttentionRunner(args.recompute_granularity == "selective", rng)
         dtype = args.params_dtype
         proj_std = output_projection_std(args.init_method_std, args.num_layers)
+        sp = args.sequence_parallel
         self.linear_qkv = ColumnParallelLinear(
             qkv_full_weight(args, f"{prefix}.linear_qkv.weight"), _zero_bias(args, qkv_rows(args)), ps, dtype,
+            sequence_parallel=sp,
         )
         self.linear_proj = RowParallelLinear(
             normal_full(args.seed, f"{prefix}.linear_proj.weight", (h, args.num_attention_heads * d), proj_std),
-            _zero_bias(args, h), ps, dtype,
+            _zero_bias(args, h), ps, dtype, sequence_parallel=sp,
         )
         self.q_layernorm = self.k_layernorm = None
         if args.qk_layernorm:  # over each head's d channels, one weight for all heads (Megatron-Core's)
@@ -65,11 +67,12 @@ class SelfAttention(nn.Module):
             self.k_layernorm = make_norm(args, d, ps.device, partial_over_tp=ps)
         self.rotary = None
         if args.position_embedding_type == "rope":
-            self.rotary = RotaryEmbedding(args.rotary_dim, args.rotary_base)
+            self.rotary = RotaryEmbedding(args.rotary_dim, args.rotary_base, args.rotary_interleaved)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        b, s, _ = x.shape
-        q, k, v = split_qkv(self.linear_qkv(x), self.local_groups, self.heads_per_group, self.head_dim)
+        qkv = self.linear_qkv(x)  # the whole sequence, also when x is a sequence-parallel part
+        b, s, _ = qkv.shape
+        q, k, v = split_qkv(qkv, self.local_groups, self.heads_per_group, self.head_dim)
         if self.q_layernorm is not None:  # before RoPE, as Megatron-Core
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         if self.rotary is not None:
@@ -116,11 +119,12 @@ class MLP(nn.Module):
         self.linear_fc1 = ColumnParallelLinear(
             normal_full(args.seed, f"{prefix}.linear_fc1.weight", (fc1_rows, h), args.init_method_std),
             _zero_bias(args, fc1_rows), ps, dtype, blocks=2 if self.gated else 1,
+            sequence_parallel=args.sequence_parallel,
         )
         self.linear_fc2 = RowParallelLinear(
             normal_full(args.seed, f"{prefix}.linear_fc2.weight", (h, f),
                         output_projection_std(args.init_method_std, args.num_layers)),
-            _zero_bias(args, h), ps, dtype,
+            _zero_bias(args, h), ps, dtype, sequence_parallel=args.sequence_parallel,
         )
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -135,15 +139,17 @@ class TransformerLayer(nn.Module):
     def __init__(self, args: Namespace, ps: ParallelState, prefix: str, rng: DropoutRNG, layer_number: int):
         super().__init__()
         self.hidden_dropout = args.hidden_dropout
-        self.rng = rng
-        self.input_layernorm = make_norm(args, args.hidden_size, ps.device)
+        # Residual-stream dropout: on TP-replicated activations the shared stream, on a
+        # sequence-parallel part this rank's own (parallel/random.py).
+        self.hidden_rng = hidden_dropout_generator(rng, args.sequence_parallel)
+        self.input_layernorm = make_norm(args, args.hidden_size, ps.device, on_sequence_part=True)
         self.self_attention = SelfAttention(args, ps, f"{prefix}.self_attention", rng, layer_number)
-        self.pre_mlp_layernorm = make_norm(args, args.hidden_size, ps.device)
+        self.pre_mlp_layernorm = make_norm(args, args.hidden_size, ps.device, on_sequence_part=True)
         self.mlp = MLP(args, ps, f"{prefix}.mlp")
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        # Residual-stream dropout acts on TP-replicated activations: the shared stream.
+        """x: [b, s, h], or this rank's [b, s/TP, h] under --sequence-parallel (the same out)."""
         attn = self.self_attention(self.input_layernorm(x))
-        x = x + dropout(attn, self.hidden_dropout, self.rng.regular, self.training)
+        x = x + dropout(attn, self.hidden_dropout, self.hidden_rng, self.training)
         mlp = self.mlp(self.pre_mlp_layernorm(x))
-        return x + dropout(mlp, self.hidden_dropout, self.rng.regular, self.training)
+        return x + dropout(mlp, self.hidden_dropout, self.hidden_rng, self.training)

@@ -5,6 +5,9 @@
   so those copies stay identical.
 - `tensor_parallel`: seeded seed + 2718 + tp_rank, used inside TP regions (attention
   dropout on this rank's heads), so each rank drops different elements of its own shard.
+  Under --sequence-parallel the residual and embedding dropouts act on this rank's sequence
+  part, so they draw from it too (Megatron runs the whole transformer block, and the embedding
+  dropout, under the tensor-parallel RNG tracker then): `hidden_dropout_generator`.
 
 Explicit generators (instead of forking torch's global state) make the streams easy to save
 and restore exactly in checkpoints.
@@ -28,6 +31,12 @@ class DropoutRNG:
     def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
         self.regular.set_state(state["regular"])
         self.tensor_parallel.set_state(state["tensor_parallel"])
+
+
+def hidden_dropout_generator(rng: DropoutRNG, sequence_parallel: bool) -> torch.Generator:
+    """The stream of the dropouts outside the TP GEMMs (embedding, residual): shared by the TP
+    ranks on replicated activations, each rank's own on its sequence part."""
+    return rng.tensor_parallel if sequence_parallel else rng.regular
 
 
 def dropout(x: torch.Tensor, p: float, generator: torch.Generator, training: bool) -> torch.Tensor:

@@ -17,6 +17,8 @@ import torch.nn.functional as F
 from torch import nn
 
 from goldtron.parallel.collectives import copy_to_tensor_parallel, reduce_from_tensor_parallel
+from goldtron.parallel.sequence_parallel import (SequenceGatheredLinear, mark_sequence_parallel,
+                                                 reduce_scatter_to_sequence_parallel)
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.tp_slicing import shard, shard_blocks
 
@@ -34,13 +36,16 @@ class ColumnParallelLinear(nn.Module):
 
     `blocks` > 1: the output dim is that many blocks, each split over TP on its own (see shard_blocks),
     so a rank's output is [its slice of block 0, its slice of block 1, ...].
+    `sequence_parallel`: the input is this rank's sequence part, all-gathered here (its gradient
+    reduce-scattered) instead of whole (parallel/sequence_parallel.py).
     """
 
     def __init__(self, full_weight: torch.Tensor, full_bias: torch.Tensor | None, ps: ParallelState,
-                 compute_dtype: torch.dtype, blocks: int = 1):
+                 compute_dtype: torch.dtype, blocks: int = 1, sequence_parallel: bool = False):
         super().__init__()
         self.tp_group, self.release = ps.tp_group, ps.backend_release
         self.compute_dtype = compute_dtype
+        self.sequence_parallel = sequence_parallel and ps.tp_group is not None
         self.weight = make_parameter(shard_blocks(full_weight, 0, ps.tp_rank, ps.tp_size, blocks), ps.device, 0,
                                      blocks)
         self.bias = None
@@ -49,25 +54,36 @@ class ColumnParallelLinear(nn.Module):
                                        blocks)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = copy_to_tensor_parallel(x, self.tp_group, self.release)
         bias = None if self.bias is None else self.bias.to(self.compute_dtype)
-        return F.linear(x, self.weight.to(self.compute_dtype), bias)
+        weight = self.weight.to(self.compute_dtype)
+        if self.sequence_parallel:
+            return SequenceGatheredLinear.apply(x, weight, bias, self.tp_group, self.release)
+        x = copy_to_tensor_parallel(x, self.tp_group, self.release)
+        return F.linear(x, weight, bias)
 
 
 class RowParallelLinear(nn.Module):
-    """y = x W^T + b with W split on its input dim; partial outputs all-reduced, bias added after."""
+    """y = x W^T + b with W split on its input dim; partial outputs all-reduced, bias added after.
+    `sequence_parallel`: reduce-scattered along the sequence instead, so the bias (replicated)
+    is added to this rank's sequence part only and its gradient is a part (marked as such)."""
 
     def __init__(self, full_weight: torch.Tensor, full_bias: torch.Tensor | None, ps: ParallelState,
-                 compute_dtype: torch.dtype):
+                 compute_dtype: torch.dtype, sequence_parallel: bool = False):
         super().__init__()
         self.tp_group, self.release = ps.tp_group, ps.backend_release
         self.compute_dtype = compute_dtype
+        self.sequence_parallel = sequence_parallel and ps.tp_group is not None
         self.weight = make_parameter(shard(full_weight, 1, ps.tp_rank, ps.tp_size), ps.device, 1)
         self.bias = None if full_bias is None else make_parameter(full_bias, ps.device, None)
+        if self.bias is not None and self.sequence_parallel:
+            mark_sequence_parallel(self.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         partial = F.linear(x, self.weight.to(self.compute_dtype))
-        out = reduce_from_tensor_parallel(partial, self.tp_group, self.release)
+        if self.sequence_parallel:
+            out = reduce_scatter_to_sequence_parallel(partial, self.tp_group, self.release)
+        else:
+            out = reduce_from_tensor_parallel(partial, self.tp_group, self.release)
         if self.bias is not None:
             out = out + self.bias.to(self.compute_dtype)
         return out
@@ -93,12 +109,16 @@ def vocab_parallel_weight(full_real: torch.Tensor, padded_vocab: int, ps: Parall
 
 class VocabParallelEmbedding(nn.Module):
     """Embedding whose rows are split over TP: ids outside this rank's range give zeros,
-    and the partial lookups are summed over TP."""
+    and the partial lookups are summed over TP. `reduce_scatter` (sequence parallelism with
+    nothing else added to the lookups before the split): the sum is reduce-scattered along the
+    sequence, so each rank gets its sequence part (Megatron's reduce_scatter_embeddings)."""
 
-    def __init__(self, full_real: torch.Tensor, padded_vocab: int, ps: ParallelState, compute_dtype: torch.dtype):
+    def __init__(self, full_real: torch.Tensor, padded_vocab: int, ps: ParallelState, compute_dtype: torch.dtype,
+                 reduce_scatter: bool = False):
         super().__init__()
         self.tp_group, self.release = ps.tp_group, ps.backend_release
         self.compute_dtype = compute_dtype
+        self.reduce_scatter = reduce_scatter
         self.vocab_start, self.vocab_end, _ = vocab_range(padded_vocab, full_real.shape[0], ps)
         self.weight = vocab_parallel_weight(full_real, padded_vocab, ps)
 
@@ -108,4 +128,6 @@ class VocabParallelEmbedding(nn.Module):
         outside = (ids < self.vocab_start) | (ids >= self.vocab_end)
         local_ids = (ids - self.vocab_start).masked_fill(outside, 0)
         out = F.embedding(local_ids, self.weight).masked_fill(outside.unsqueeze(-1), 0.0)
+        if self.reduce_scatter:
+            return reduce_scatter_to_sequence_parallel(out, self.tp_group, self.release).to(self.compute_dtype)
         return reduce_from_tensor_parallel(out, self.tp_group, self.release).to(self.compute_dtype)

@@ -85,7 +85,9 @@ def build_trainer(args, ps, device: torch.device, metrics_file=None):
     random_state = RankRandomState(rng)
     checkpointer = build_checkpointer(args, ps, CheckpointParts(model, optimizer, lr_schedule, progress,
                                                                 random_state))
-    p2p = PipelineP2P(ps, (args.micro_batch_size, args.seq_length, args.hidden_size), args.params_dtype)
+    # Between stages travels this rank's sequence part under --sequence-parallel (as in Megatron).
+    stage_seq = args.seq_length // ps.tp_size if args.sequence_parallel else args.seq_length
+    p2p = PipelineP2P(ps, (args.micro_batch_size, stage_seq, args.hidden_size), args.params_dtype)
     schedule = Schedule(model, ps, p2p, microbatch_group_size=args.microbatch_group_size_per_vp_stage,
                         per_token_loss=args.calculate_per_token_loss)
     trainer = Trainer(args, ps, model, optimizer, lr_schedule, schedule, train_ds, valid_ds, memory,

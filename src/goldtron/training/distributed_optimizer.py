@@ -31,6 +31,7 @@ import torch
 import torch.distributed as dist
 
 from goldtron.parallel.collectives import PendingCollective, all_gather_flat_, all_reduce_, reduce_scatter_
+from goldtron.parallel.sequence_parallel import all_reduce_sequence_parallel_gradients, sequence_parallel_gradients
 from goldtron.parallel.state import ParallelState
 from goldtron.training import grads
 from goldtron.training.grad_buckets import bucket_parameters, resolve_bucket_size
@@ -182,6 +183,15 @@ class DistributedOptimizer:
                              self._flat_gradients(bucket)], ps.backend_release)
 
     def reduce_gradients(self) -> None:
+        self._reduce_scatter_over_dp()
+        # --sequence-parallel: the owned pieces of the parameters whose gradients are parts over TP.
+        # The TP ranks of a DP rank lay their (same-shaped) parameters out alike: the same pieces.
+        pieces = self.pieces.values()
+        all_reduce_sequence_parallel_gradients(
+            sequence_parallel_gradients([piece.param for piece in pieces], lambda p: self.pieces[id(p)].view.grad),
+            self.ps.tp_group, self.ps.backend_release)
+
+    def _reduce_scatter_over_dp(self) -> None:
         ps = self.ps
         if self.readiness is not None:  # --overlap-grad-reduce: most are under way already
             self.readiness.launch_remaining()

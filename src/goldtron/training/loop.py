@@ -22,6 +22,7 @@ from goldtron.training.memory import MemoryStats
 from goldtron.training.metrics_file import MetricsFile
 from goldtron.training.optimizer import Optimizer, set_learning_rate
 from goldtron.training.progress import TrainingProgress
+from goldtron.training.qk_norm_check import check_qk_norms_agree
 from goldtron.training.replica_check import check_weight_hashes_across_dp_replicas
 from goldtron.training.rerun import ResultValidator
 
@@ -92,6 +93,8 @@ class Trainer:
 
         self.result_validator.run_step(forward_backward, self._save_random_state, self._restore_random_state,
                                        self.iteration + 1)
+        if a.test_mode:  # Megatron's real-time test: the weights these forwards used agree across DP and TP
+            check_qk_norms_agree(self.model.named_parameters(), self.ps, self.iteration + 1)
         with trace.span("grad-reduce"):
             grad_norm, num_zeros = self._reduce_measure_and_clip_gradients(micro_batches)
         with trace.span("optimizer"):

@@ -18,6 +18,7 @@ from typing import Protocol
 
 import torch
 
+from goldtron.parallel.sequence_parallel import all_reduce_sequence_parallel_gradients, sequence_parallel_gradients
 from goldtron.parallel.state import ParallelState
 from goldtron.training import grads
 
@@ -105,7 +106,10 @@ class ReplicatedOptimizer:
             self.overlapped.reset()
 
     def reduce_gradients(self) -> None:
-        grads.reduce_gradients(self.params, self.ps, self.shared_embedding, self.average, self.overlapped)
+        ps = self.ps
+        grads.reduce_gradients(self.params, ps, self.shared_embedding, self.average, self.overlapped)
+        all_reduce_sequence_parallel_gradients(sequence_parallel_gradients(self.params, lambda p: p.grad),
+                                               ps.tp_group, ps.backend_release)
 
     def counted_views(self, use_grad: bool) -> list[torch.Tensor]:
         return grads.counted_views(self.params, self.ps, use_grad)

@@ -29,9 +29,10 @@ def layer_args(**changes) -> Namespace:
     args = dict(hidden_size=H, num_attention_heads=HEADS, kv_channels=H // HEADS, ffn_hidden_size=FFN,
                 params_dtype=torch.float32, init_method_std=0.2, num_layers=2, seed=11, attention_dropout=0.0,
                 attention_softmax_in_fp32=False, swiglu=False, add_bias_linear=True,
-                position_embedding_type="learned_absolute", rotary_dim=None, rotary_base=10000,
+                position_embedding_type="learned_absolute", rotary_dim=None, rotary_base=10000, rotary_interleaved=False,
                 recompute_granularity=None, num_query_groups=HEADS, qk_layernorm=False,
-                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5)
+                apply_query_key_layer_scaling=False, normalization="LayerNorm", norm_epsilon=1e-5,
+                sequence_parallel=False)
     args.update(changes)
     return Namespace(**args)
 

@@ -15,7 +15,9 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
+from goldtron.parallel.collectives import all_reduce_
 from goldtron.parallel.cross_entropy import vocab_parallel_cross_entropy
+from goldtron.parallel.sequence_parallel import SEQUENCE_DIM
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.tensor_parallel import (ColumnParallelLinear, RowParallelLinear, VocabParallelEmbedding,
                                                vocab_range)
@@ -105,6 +107,63 @@ def check(tp: int):
     losst.backward(dl)
     close(f"tp{tp} cross-entropy loss", loss, losst)
     close(f"tp{tp} cross-entropy dlogits", local.grad, lt.grad[..., start:start + real])
+    check_sequence_parallel(ps, g)
+
+
+def check_sequence_parallel(ps: ParallelState, g: torch.Generator):
+    """--sequence-parallel's layers: inputs/outputs outside the GEMMs are this rank's sequence part
+    (parallel/sequence_parallel.py); a replicated bias's gradient is a part, summed over TP here as
+    the optimizer does."""
+    tp = ps.tp_size
+    b, s, h, f, vocab = 2, 4 * tp, 8, 16, 37
+    padded = -(-vocab // (8 * tp)) * 8 * tp
+
+    def seq_part(t):
+        return shard(t, SEQUENCE_DIM, ps.tp_rank, tp)
+
+    x = torch.randn(b, s, h, generator=g)
+    w, bias = torch.randn(f, h, generator=g), torch.randn(f, generator=g)
+    col = ColumnParallelLinear(w, bias, ps, torch.float32, sequence_parallel=True)
+    xs = seq_part(x).requires_grad_(True)
+    y = col(xs)
+    dy = torch.randn(b, s, f, generator=g)
+    y.backward(shard(dy, 2, ps.tp_rank, tp))
+    xt, wt, bt = x.clone().requires_grad_(True), w.clone().requires_grad_(True), bias.clone().requires_grad_(True)
+    F.linear(xt, wt, bt).backward(dy)
+    close(f"tp{tp} sp column forward (whole sequence)", y, shard(F.linear(x, w, bias), 2, ps.tp_rank, tp))
+    close(f"tp{tp} sp column dx (sequence part)", xs.grad, seq_part(xt.grad))
+    close(f"tp{tp} sp column dW", col.weight.grad, shard(wt.grad, 0, ps.tp_rank, tp))
+    close(f"tp{tp} sp column db", col.bias.grad, shard(bt.grad, 0, ps.tp_rank, tp))
+
+    w2, bias2 = torch.randn(h, f, generator=g), torch.randn(h, generator=g)
+    row = RowParallelLinear(w2, bias2, ps, torch.float32, sequence_parallel=True)
+    z = torch.randn(b, s, f, generator=g)
+    zr = shard(z, 2, ps.tp_rank, tp).requires_grad_(True)
+    out = row(zr)
+    dout = torch.randn(b, s, h, generator=g)
+    out.backward(seq_part(dout))
+    zt, w2t, b2t = z.clone().requires_grad_(True), w2.clone().requires_grad_(True), bias2.clone().requires_grad_(True)
+    outt = F.linear(zt, w2t, b2t)
+    outt.backward(dout)
+    close(f"tp{tp} sp row forward (sequence part)", out, seq_part(outt))
+    close(f"tp{tp} sp row dx", zr.grad, shard(zt.grad, 2, ps.tp_rank, tp))
+    close(f"tp{tp} sp row dW", row.weight.grad, shard(w2t.grad, 1, ps.tp_rank, tp))
+    if tp > 1 and not getattr(row.bias, "sequence_parallel", False):
+        failures.append(f"tp{tp} sp row bias not marked sequence_parallel")
+    close(f"tp{tp} sp row db summed over TP", all_reduce_(row.bias.grad.clone(), ps.tp_group, ps.backend_release),
+          b2t.grad)
+
+    table = torch.randn(vocab, h, generator=g)
+    emb = VocabParallelEmbedding(table, padded, ps, torch.float32, reduce_scatter=tp > 1)
+    ids = torch.randint(0, vocab, (b, s), generator=g)
+    e = emb(ids)
+    de = torch.randn(b, s, h, generator=g)
+    e.backward(seq_part(de))
+    tablet = table.clone().requires_grad_(True)
+    F.embedding(ids, tablet).backward(de)
+    close(f"tp{tp} sp embedding forward (sequence part)", e, seq_part(F.embedding(ids, table)))
+    start, _, real = vocab_range(padded, vocab, ps)
+    close(f"tp{tp} sp embedding dW real rows", emb.weight.grad[:real], tablet.grad[start:start + real])
 
 
 def run_on_every_rank(check_tp, success: str) -> None:
