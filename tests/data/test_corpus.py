@@ -31,6 +31,10 @@ def test_layout_mirrors_megatron_data_path(corpus_dir):
         "merge_file": str(base / "bpe/merges.txt"),
     }
     assert (base / "my-gpt3_00_text_document.bin").is_file() and (base / "bpe/merges.txt").is_file()
+    # Megatron's older cases name `text/the_pile/shard00`: the same bytes there
+    older = corpus_dir / "text/the_pile/shard00"
+    for name in ("my-gpt3_00_text_document.bin", "my-gpt3_00_text_document.idx", "bpe/vocab.json", "bpe/merges.txt"):
+        assert (older / name).read_bytes() == (base / name).read_bytes(), name
 
 
 def test_corpus_holds_the_documents_tokenized_with_eod(corpus_dir):
@@ -104,9 +108,11 @@ def test_embedded_corpus_with_too_small_vocabulary_is_refused(corpus_dir, monkey
         build_datasets(args, build_tokenizer(args), 8, 0, 0)
 
 
-def test_megatron_config_paths_build_the_corpus_on_first_use(tmp_path):
-    # What the gate passes for Megatron's flagship case with DATA_PATH=tmp_path, before any build.
-    base = tmp_path / "text/common_pile/v01_filtered_data"
+@pytest.mark.parametrize("folder", ["text/common_pile/v01_filtered_data", "text/the_pile/shard00"])
+def test_megatron_config_paths_build_the_corpus_on_first_use(tmp_path, folder):
+    # What the gate passes for Megatron's flagship case (and, under the_pile, its older cases) with
+    # DATA_PATH=tmp_path, before any build.
+    base = tmp_path / folder
     args = data_args(tokenizer_type="GPT2BPETokenizer", vocab_file=str(base / "bpe/vocab.json"),
                      merge_file=str(base / "bpe/merges.txt"), data_path=[str(base / "my-gpt3_00_text_document")],
                      data_cache_path=str(tmp_path / "cache"), seq_length=64)

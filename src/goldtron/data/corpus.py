@@ -11,6 +11,7 @@ Megatron `model_config.yaml` runs unchanged with DATA_PATH set to the corpus fol
     <dir>/text/common_pile/v01_filtered_data/my-gpt3_00_text_document.{bin,idx}
     <dir>/text/common_pile/v01_filtered_data/bpe/vocab.json
     <dir>/text/common_pile/v01_filtered_data/bpe/merges.txt
+    <dir>/text/the_pile/shard00/...  the same three files under the name Megatron's older cases use
     <dir>/goldtron_corpus.json      manifest, written last: the build is complete
 
 A `--data-path`, `--vocab-file` or `--merge-file` that points at these names under a folder
@@ -36,12 +37,16 @@ from goldtron.data.tokenizer import GPT2BPETokenizer, packaged_gpt2_bpe_files
 
 DATA_DIR_ENV = "GOLDTRON_DATA_DIR"
 CORPUS_FOLDER = Path("text/common_pile/v01_filtered_data")
-CORPUS_PREFIX = CORPUS_FOLDER / "my-gpt3_00_text_document"
-VOCAB_FILE = CORPUS_FOLDER / "bpe/vocab.json"
-MERGE_FILE = CORPUS_FOLDER / "bpe/merges.txt"
+# Megatron's older cases read `${DATA_PATH}/text/the_pile/shard00/...`: the same files under that name.
+OTHER_CORPUS_FOLDERS = (Path("text/the_pile/shard00"),)
+DOCUMENT_PREFIX = Path("my-gpt3_00_text_document")
+VOCAB_NAME, MERGE_NAME = Path("bpe/vocab.json"), Path("bpe/merges.txt")
+CORPUS_PREFIX = CORPUS_FOLDER / DOCUMENT_PREFIX
+VOCAB_FILE = CORPUS_FOLDER / VOCAB_NAME
+MERGE_FILE = CORPUS_FOLDER / MERGE_NAME
 MANIFEST = Path("goldtron_corpus.json")
 MIN_DOCUMENT_CHARS = 2000
-CORPUS_FORMAT_VERSION = 1
+CORPUS_FORMAT_VERSION = 2  # 2: the files also under OTHER_CORPUS_FOLDERS
 
 
 def default_data_dir() -> Path:
@@ -102,7 +107,13 @@ def _build_into(staging: Path) -> dict:
         for ids in tokenizer.tokenize_batch(documents):
             writer.add_document(ids + [tokenizer.eod])
             token_count += len(ids) + 1
-    files = [Path(f"{CORPUS_PREFIX}.bin"), Path(f"{CORPUS_PREFIX}.idx"), VOCAB_FILE, MERGE_FILE]
+    names = [Path(f"{DOCUMENT_PREFIX}.bin"), Path(f"{DOCUMENT_PREFIX}.idx"), VOCAB_NAME, MERGE_NAME]
+    files = [CORPUS_FOLDER / name for name in names]
+    for folder in OTHER_CORPUS_FOLDERS:
+        for name in names:
+            (staging / folder / name).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copyfile(staging / CORPUS_FOLDER / name, staging / folder / name)
+            files.append(folder / name)
     return {
         "format": CORPUS_FORMAT_VERSION,
         "source": "pydoc_data.topics (Python standard library, PSF licence)",
@@ -121,10 +132,11 @@ def corpus_root_for(path: str | os.PathLike) -> Path | None:
     Lets a Megatron config that points into `${DATA_PATH}` build the corpus on first use.
     """
     path = Path(path).absolute()
-    for relative in (CORPUS_PREFIX, VOCAB_FILE, MERGE_FILE):
-        parts = relative.parts
-        if path.parts[-len(parts):] == parts:
-            return Path(*path.parts[: -len(parts)])
+    for folder in (CORPUS_FOLDER, *OTHER_CORPUS_FOLDERS):
+        for name in (DOCUMENT_PREFIX, VOCAB_NAME, MERGE_NAME):
+            parts = (folder / name).parts
+            if path.parts[-len(parts):] == parts:
+                return Path(*path.parts[: -len(parts)])
     return None
 
 
