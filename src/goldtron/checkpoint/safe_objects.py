@@ -110,7 +110,8 @@ class SafeFileSystemReader(FileSystemReader):
         return metadata
 
 
-def _numpy_array_globals() -> list:
+def numpy_array_globals() -> list:
+    """What NumPy arrays (the NumPy RNG state) need besides torch's weights_only defaults."""
     import numpy as np
 
     core = getattr(np, "_core", None) or np.core
@@ -122,10 +123,13 @@ def load_object(data: bytes | io.BytesIO, where: str):
     lists, tuples, dicts and NumPy arrays; a CheckpointError naming `where` for anything else."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
+        with torch.serialization.safe_globals(numpy_array_globals()):
             return torch.load(stream, weights_only=True)
     except Exception as error:  # weights_only refusals are UnpicklingError; damage gives others
-        # torch's own message is a paragraph; the line that says which global was refused is the point.
-        lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
-        raise _refused(where, "holds an object that is not plain data",
-                       lines[0] if lines else f"{type(error).__name__}: {str(error)[:200]}") from None
+        raise _refused(where, "holds an object that is not plain data", refused_global_line(error)) from None
+
+
+def refused_global_line(error: BaseException) -> str:
+    """torch's weights_only refusal is a paragraph; the line that names the refused global is the point."""
+    lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+    return lines[0] if lines else f"{type(error).__name__}: {str(error)[:200]}"
