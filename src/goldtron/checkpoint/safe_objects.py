@@ -1,7 +1,8 @@
 """Read what a checkpoint holds as data only: nothing in a checkpoint file can run code.
 
 PyTorch DCP unpickles in two places. `.metadata` is a pickle of DCP's metadata classes; here it
-goes through an unpickler that can build only those classes, `torch.Size`, dtypes and layouts.
+goes through an unpickler that can build only those classes (and the save-plan classes
+Megatron-Core's planner adds), `torch.Size`, dtypes and layouts.
 Non-tensor values (goldtron's per-rank RNG state) are read by DCP's `DefaultLoadPlanner.load_bytes`
 with `torch.load(weights_only=False)`, which runs whatever the pickle asks; here they are read with
 `torch.load(weights_only=True)`, with only NumPy's array reconstruction allowed besides (the NumPy
@@ -31,6 +32,10 @@ _METADATA_GLOBALS = {
     *((_DCP, name) for name in ("Metadata", "MetadataIndex", "ChunkStorageMetadata", "TensorStorageMetadata",
                                 "BytesStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    # Megatron-Core's torch_dist planner keeps its save plans in the metadata (to reuse them on the
+    # next save): DCP's plan dataclasses, data only.
+    *(("torch.distributed.checkpoint.planner", name) for name in ("SavePlan", "WriteItem", "WriteItemType",
+                                                                   "TensorWriteData", "BytesIOWriteData")),
     ("torch", "Size"), ("torch.serialization", "_get_layout"),
     ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
 }
