@@ -27,7 +27,8 @@ from goldtron.config.megatron_flags import describe_unimplemented
 from goldtron.config.parser import build_parser
 from goldtron.config.validation import MachineFacts, padded_vocab_size, validate_and_complete
 
-__all__ = ["ConfigError", "args_to_dict", "build_parser", "machine_facts", "padded_vocab_size", "parse_args"]
+__all__ = ["ConfigError", "args_to_dict", "build_parser", "machine_facts", "padded_vocab_size", "parse_args",
+           "refused_flags"]
 
 
 def parse_args(argv: Sequence[str], world_size: int = 1, *, machine: MachineFacts | None = None) -> argparse.Namespace:
@@ -40,6 +41,13 @@ def parse_args(argv: Sequence[str], world_size: int = 1, *, machine: MachineFact
     if leftovers:
         raise ConfigError(_describe_leftovers(leftovers))
     return validate_and_complete(args, world_size, machine if machine is not None else machine_facts())
+
+
+def refused_flags(argv: Sequence[str]) -> str | None:
+    """The trainer's message for flags it does not take (unknown or unimplemented), without
+    validating the rest: what the gate can tell before it launches anything."""
+    _, leftovers = build_parser().parse_known_args(list(argv))
+    return _describe_leftovers(leftovers) if leftovers else None
 
 
 def _visible_gpus() -> int:

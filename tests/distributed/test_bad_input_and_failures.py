@@ -23,6 +23,8 @@ BAD_INPUTS = {
     "seq-length vs positions": (2, ["--seq-length", "64"], ["--max-position-embeddings"]),
     "unknown backend": (2, ["--distributed-backend", "mpi"], ["--distributed-backend"]),
     "unknown flag": (2, ["--no-such-flag"], ["--no-such-flag"]),
+    "sample-based warmup with iterations": (2, ["--lr-warmup-samples", "16"],
+                                            ["--lr-warmup-samples", "expected iteration-based learning rate"]),
 }
 
 

@@ -142,3 +142,12 @@ def test_auto_sizes_only_cases_without_their_own_cpu_override(tmp_path):
     assert not wants_cpu_size("auto", "cpu_intel_avx512", flagship)  # its author sized it by hand
     other_trainer = Case(path=tmp_path, test_type="regular", model_args={}, env_vars={}, trainer=("python", "t.py"))
     assert not wants_cpu_size("auto", "cpu_amd_avx2", other_trainer)
+
+
+def test_frozen_resume_without_a_cpu_size_checkpoint_resumes_from_its_own(tmp_path):
+    frozen = Case(path=tmp_path, test_type="frozen-resume", model_args=dict(BASE), env_vars={})
+    case, changes = sized_case(frozen)
+    assert case.test_type == "ckpt-resume" and case.model_args["--save-interval"] == case.train_iters // 2
+    assert any(change.line().startswith("TEST_TYPE: frozen-resume -> ckpt-resume") for change in changes)
+    given, _ = sized_case(frozen, frozen_checkpoint_given=True)
+    assert given.test_type == "frozen-resume"

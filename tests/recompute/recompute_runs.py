@@ -36,7 +36,7 @@ def bytes_alive_after_layers(ps, flags: list[str]) -> int:
     with CpuAllocationCounter() as counter:
         counter.track_existing([x, *model.parameters()])  # not new: views of them must not count
         before = counter.allocated
-        out = run_layer_chunks(list(model.decoder.layers.values()), x, model.decoder.chunks, model.decoder.rng)
+        out = run_layer_chunks(list(model.decoder.layers.values()), x, model.decoder.recompute_groups[0], model.decoder.rng)
         alive = counter.allocated - before
     del out
     return alive

@@ -38,13 +38,13 @@ def _stage(pp_rank: int, flags: list[str]) -> GPTStage:
 def test_block_recomputes_the_first_n_layers_of_each_stage(pp_rank, layers, recomputed):
     decoder = _stage(pp_rank, full("block", 2)).decoder
     assert list(decoder.layers) == layers  # global layer numbers
-    per_layer = [chunk.recompute for chunk in decoder.chunks for _ in range(chunk.start, chunk.stop)]
+    per_layer = [chunk.recompute for chunk in decoder.recompute_groups[0] for _ in range(chunk.start, chunk.stop)]
     assert per_layer == recomputed
 
 
 def test_uniform_chunks_cover_each_stage():
     for pp_rank, count in enumerate([1, 3, 3, 1]):
-        chunks = _stage(pp_rank, full("uniform", 1)).decoder.chunks
+        chunks = _stage(pp_rank, full("uniform", 1)).decoder.recompute_groups[0]
         assert [(c.start, c.stop, c.recompute) for c in chunks] == [(i, i + 1, True) for i in range(count)]
 
 

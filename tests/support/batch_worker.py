@@ -31,10 +31,11 @@ from goldtron.training.metrics_file import MetricsFile
 def train_one(flags: list[str], metrics: str, groups: dict) -> None:
     args = parse_args(flags, world_size=dist.get_world_size())
     layout = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
-    if layout not in groups:
-        groups[layout] = ParallelState.create(*layout, torch.device("cpu"), "gloo")
+    key = (*layout, args.use_tp_pp_dp_mapping)  # the rank order makes other groups of the same sizes
+    if key not in groups:
+        groups[key] = ParallelState.create(*layout, torch.device("cpu"), "gloo", args.use_tp_pp_dp_mapping)
     configure_torch(args)
-    train_on(args, groups[layout], torch.device("cpu"), MetricsFile(metrics))
+    train_on(args, groups[key], torch.device("cpu"), MetricsFile(metrics))
 
 
 def main() -> None:

@@ -192,7 +192,6 @@ RULES = [
     pytest.param({"--wgrad-deferral-limit": -1}, 1, ["--wgrad-deferral-limit -1", "negative"], id="deferral-limit"),
     pytest.param({"--num-layers": None, "--lr": None}, 1, ["missing required", "--num-layers N", "--lr LR"],
                  id="missing-required"),
-    pytest.param({"--save-interval": 5}, 1, ["--save-interval 5", "--save DIR"], id="save-interval-without-save"),
     pytest.param({"--hidden-size": 130}, 1, ["--hidden-size 130", "--num-attention-heads 4", "--kv-channels"],
                  id="hidden-heads"),
     pytest.param({"--ffn-hidden-size": 301, "--tensor-model-parallel-size": 2}, 2,

@@ -10,7 +10,7 @@ from __future__ import annotations
 from goldtron import __version__
 from goldtron.arguments import args_to_dict
 from goldtron.checkpoint.errors import CheckpointError
-from goldtron.model.pipeline_split import PipelineSplit, stage_layer_counts
+from goldtron.model.pipeline_split import PipelineSplit, stage_layer_counts, virtual_stage_layer_counts
 
 # The LR-schedule settings Megatron checks against the flags on resume (state key -> flag).
 SCHEDULE_SETTINGS = {
@@ -33,10 +33,16 @@ def build_common_state(progress: dict, lr_schedule: dict, ps, args, has_optimize
 
 
 def layout_record(ps, args) -> dict:
-    """The layout a run trains under: TP, PP, DP and the transformer layers of each pipeline stage."""
-    return {"tensor_model_parallel_size": ps.tp_size, "pipeline_model_parallel_size": ps.pp_size,
-            "data_parallel_size": ps.dp_size, "world_size": ps.world_size,
-            "pipeline_stage_layers": stage_layer_counts(PipelineSplit.from_args(args))}
+    """The layout a run trains under: TP, PP, DP, the transformer layers of each pipeline stage and,
+    with an interleaved pipeline, the model chunks per rank and the layers of each virtual stage."""
+    split = PipelineSplit.from_args(args)
+    record = {"tensor_model_parallel_size": ps.tp_size, "pipeline_model_parallel_size": ps.pp_size,
+              "data_parallel_size": ps.dp_size, "world_size": ps.world_size,
+              "pipeline_stage_layers": stage_layer_counts(split)}
+    if split.virtual_stages > 1:
+        record["virtual_pipeline_model_parallel_size"] = split.virtual_stages
+        record["virtual_stage_layers"] = virtual_stage_layer_counts(split)
+    return record
 
 
 def same_layout(common: dict, ps, args) -> bool:
@@ -47,7 +53,13 @@ def same_layout(common: dict, ps, args) -> bool:
             saved["data_parallel_size"]) != (ps.tp_size, ps.pp_size, ps.dp_size):
         return False
     saved_stages = saved.get("pipeline_stage_layers") or _even_stages(common, saved)
-    return saved_stages is None or list(saved_stages) == stage_layer_counts(PipelineSplit.from_args(args))
+    split = PipelineSplit.from_args(args)
+    # Same layers per rank is not enough with chunks: rank 0 of 4 layers, PP2 holds 0,1 without
+    # interleaving and 0,2 with two chunks per rank.
+    saved_chunks = saved.get("virtual_stage_layers")
+    if (saved_chunks or None) != (virtual_stage_layer_counts(split) if split.virtual_stages > 1 else None):
+        return False
+    return saved_stages is None or list(saved_stages) == stage_layer_counts(split)
 
 
 def _even_stages(common: dict, saved_layout: dict) -> list[int] | None:
@@ -66,7 +78,11 @@ def describe_layout_record(layout: dict) -> str:
     text = describe_layout(layout["tensor_model_parallel_size"], layout["pipeline_model_parallel_size"],
                            layout["data_parallel_size"])
     stages = layout.get("pipeline_stage_layers")
-    if stages and len(set(stages)) > 1:
+    chunks = layout.get("virtual_stage_layers")
+    if chunks:
+        text += f" x VP{layout.get('virtual_pipeline_model_parallel_size')} (layers per virtual stage " \
+                f"{','.join(map(str, chunks))})"
+    elif stages and len(set(stages)) > 1:
         text += f" (layers per stage {','.join(map(str, stages))})"
     return text
 

@@ -38,8 +38,17 @@ This file is generated: `python -m goldtron.config.flags_doc > docs/flags.md`.
   files (with `--mock-data` or `--data-path`), otherwise `GPT2BPETokenizer` (GPT-2's own BPE files,
   shipped with the package, when `--vocab-file`/`--merge-file` are not given).
 - `--mock-data` wins over `--data-path` (as in Megatron: the prefix is then not read).
-- `--save-interval` without `--save`, and both `--use-checkpoint-opt_param-scheduler` and
-  `--override-opt_param-scheduler`, are errors.
+- `--save-interval` without `--save` saves nothing, with a warning (Megatron accepts it silently).
+  Both `--use-checkpoint-opt_param-scheduler` and `--override-opt_param-scheduler` are an error.
+- `--rerun-mode validate_results` (Megatron's default) re-runs a step whose loss is NaN/Inf in place
+  and stops with Megatron's exit code, 17 (not reproducible: a transient fault) or 16 (reproducible);
+  Megatron then also writes a diagnostic checkpoint and, resumed, re-runs the step on another GPU to
+  tell a persistent fault from a correct result. goldtron writes no diagnostic checkpoint and has no
+  second device to move to: the person resumes from `--save`'s last checkpoint elsewhere.
+  `report_determinism_stats` (newer Megatron: `report_stats`) re-runs every step once from the same
+  random state and logs the loss difference at each log line; `disabled` checks nothing.
+  `--error-injection-rate N` / `--error-injection-type` test the machinery as Megatron's do.
+- `--cuda-graph-impl` other than `none` is an error (on a CPU: no CUDA device to capture graphs on).
 - `--sequence-parallel` is switched off at TP 1 (as Megatron does) and refused above it: goldtron
   does not implement sequence parallelism yet.
 
@@ -51,7 +60,18 @@ Megatron's int(4 x hidden x 2/3 / 64) x 64), `kv_channels`
 (default hidden / heads), `params_dtype` (`torch.bfloat16` with `--bf16`, else `torch.float32`),
 `lr_decay_iters` (default `--train-iters`), and the LR schedule in samples as Megatron counts it:
 `lr_decay_samples = lr_decay_iters x global batch`; `lr_warmup_samples = lr_warmup_fraction x
-lr_decay_samples`, or `lr_warmup_iters x global batch`.
+lr_decay_samples`, or `lr_warmup_iters x global batch`. With `--train-samples` (Megatron's
+sample-based training; `sample_based_training` is then true) `train_iters = train_samples //
+global batch`, `lr_decay_samples` is `--lr-decay-samples` (default `--train-samples`),
+`lr_warmup_samples` is `--lr-warmup-samples` or the fraction of the decay, and `lr_decay_iters` is
+None. As in Megatron the two units never mix: `--train-iters` refuses `--lr-decay-samples` and a
+non-zero `--lr-warmup-samples`, `--train-samples` refuses `--train-iters`, `--lr-decay-iters` and a
+non-zero `--lr-warmup-iters`. `config_warnings`: valid input that changes nothing, printed by rank 0.
+Which of Megatron's own dense GPT cases these flags accept: [megatron_cases.md](megatron_cases.md).
+`virtual_pipeline_model_parallel_size`: model chunks per pipeline rank from
+`--num-virtual-stages-per-pipeline-rank` or `--num-layers-per-virtual-pipeline-stage`, None
+without interleaving (one chunk, as Megatron); `microbatch_group_size_per_vp_stage` defaults to PP
+with it (docs/virtual_pipeline.md).
 `position_embedding_type` is `rope` with `--use-rotary-position-embeddings` (Megatron's legacy
 flag); `rotary_dim` = int(kv_channels x rotary_percent), the channels of each head RoPE rotates.
 `num_query_groups` is the number of key/value heads: `--num-query-groups` with

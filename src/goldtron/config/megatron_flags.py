@@ -106,6 +106,31 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
         value_type=int,
     ),
     NoEffectFlag(
+        "--no-create-attention-mask-in-dataloader",
+        "goldtron's data loader never builds an attention mask: the model applies the causal mask itself "
+        "(what Megatron does with this flag), so there is nothing to turn off.",
+    ),
+    NoEffectFlag(
+        "--manual-gc",
+        "when Python's garbage collector runs (Megatron turns automatic collection off and collects every "
+        "--manual-gc-interval steps, for speed); it frees nothing the step uses, so no value changes. goldtron "
+        "leaves the collector automatic.",
+    ),
+    NoEffectFlag(
+        "--manual-gc-interval",
+        "see --manual-gc: the interval of those collections.",
+        value_type=int,
+    ),
+    NoEffectFlag(
+        "--no-rope-fusion",
+        "goldtron has no fused RoPE kernel; the rotation is always plain PyTorch ops (model/rotary.py).",
+    ),
+    NoEffectFlag(
+        "--cross-entropy-loss-fusion",
+        "asks for Megatron's fused vocab-parallel cross-entropy kernel; goldtron has one cross-entropy "
+        "(parallel/cross_entropy.py) computing the same loss, equal to the fused kernel's to rounding.",
+    ),
+    NoEffectFlag(
         "--no-log-loss-scale-to-tensorboard",
         "goldtron has no loss scale (fp16 is not implemented), so there is nothing to log.",
     ),
@@ -114,32 +139,21 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
 
 # Megatron flag -> what it does there. Passing any of these is a ConfigError.
 UNIMPLEMENTED_FLAGS: dict[str, str] = {
-    "--num-layers-per-virtual-pipeline-stage": "interleaved (virtual) pipeline schedule",
-    "--num-virtual-stages-per-pipeline-rank": "interleaved (virtual) pipeline schedule",
-    "--microbatch-group-size-per-virtual-pipeline-stage": "interleaved (virtual) pipeline schedule",
-    "--overlap-p2p-communication": "interleaved pipeline p2p overlap",
-    "--overlap-p2p-communication-warmup-flush": "interleaved pipeline p2p overlap",
     "--context-parallel-size": "context parallelism",
     "--cp-comm-type": "context parallelism",
     "--hierarchical-context-parallel-sizes": "context parallelism",
     "--expert-model-parallel-size": "mixture of experts",
     "--expert-tensor-parallel-size": "mixture of experts",
     "--num-experts": "mixture of experts",
-    "--overlap-grad-reduce": "gradient reduce overlapped with backward",
-    "--overlap-param-gather": "parameter all-gather overlapped with forward",
     "--recompute-modules": "selective recomputation of modules other than core attention (core_attn, "
                            "Megatron's default, is what --recompute-granularity selective recomputes)",
     "--distribute-saved-activations": "recomputation checkpoints split over the TP ranks",
     "--tp-comm-overlap": "Transformer Engine tensor-parallel communication overlap",
     "--squared-relu": "squared-ReLU MLP",
     "--apply-layernorm-1p": "LayerNorm with (1 + weight)",
-    "--calculate-per-token-loss": "loss averaged over all tokens of the step instead of per micro-batch",
     "--eod-mask-loss": "masking the loss at end-of-document tokens",
     "--reset-position-ids": "position ids restarting at each document",
     "--reset-attention-mask": "attention masked across documents",
-    "--train-samples": "sample-based training length (use --train-iters)",
-    "--lr-warmup-samples": "sample-based LR warmup (use --lr-warmup-iters or --lr-warmup-fraction)",
-    "--lr-decay-samples": "sample-based LR decay (use --lr-decay-iters)",
     "--lr-warmup-init": "non-zero LR at the start of warmup",
     "--start-weight-decay": "weight-decay schedule",
     "--end-weight-decay": "weight-decay schedule",
@@ -150,6 +164,16 @@ UNIMPLEMENTED_FLAGS: dict[str, str] = {
     "--fp8-format": "FP8 training",
     "--use-flash-attn": "flash attention kernels",
     "--check-for-nan-in-loss-and-grad": "NaN checks inside Megatron's gradient buffers",
+    "--no-check-for-nan-in-loss-and-grad": "NaN checks inside Megatron's gradient buffers (goldtron has none to "
+                                           "turn off)",
+    "--grad-reduce-in-bf16": "gradients accumulated and reduced in bf16 (goldtron keeps and reduces them in fp32)",
+    "--overlap-param-gather-with-optimizer-step": "the first bucket's parameter all-gather overlapped with the "
+                                                  "optimizer step (Megatron: interleaved schedule only, and not "
+                                                  "with distributed checkpoints, goldtron's only format)",
+    "--use-torch-fsdp2": "PyTorch FSDP2 sharding of parameters, gradients and optimizer state",
+    "--use-megatron-fsdp": "Megatron's own FSDP",
+    "--ddp-reduce-scatter-with-fp32-accumulation": "reduce-scatter accumulating in fp32 from lower-precision "
+                                                   "gradients (goldtron's gradients are fp32 already)",
     "--wandb-project": "Weights & Biases logging",
     "--wandb-exp-name": "Weights & Biases logging",
     "--wandb-save-dir": "Weights & Biases logging",

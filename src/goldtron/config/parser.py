@@ -94,6 +94,9 @@ def _add_model_flags(g) -> None:
                    help="only local is implemented (Megatron's default is transformer_engine)")
     g.add_argument("--bf16", action="store_true", help="bf16 compute, fp32 main weights/grads/optimizer")
     g.add_argument("--fp16", action="store_true", help="not implemented")
+    g.add_argument("--cuda-graph-impl", default="none", choices=["none", "local", "transformer_engine"],
+                   help="CUDA graphs: only none (Megatron's default) is implemented; the others are refused, "
+                        "on a CPU because there is no CUDA device to capture graphs on")
     g.add_argument("--sequence-parallel", action="store_true",
                    help="split LayerNorm/dropout activations over TP along the sequence (off at TP 1)")
 
@@ -111,21 +114,71 @@ def _add_parallel_flags(g) -> None:
                    help="count the embedding as one layer of the first stage when splitting layers over PP")
     g.add_argument("--account-for-loss-in-pipeline-split", action="store_true",
                    help="count the loss (LM head) as one layer of the last stage when splitting layers over PP")
+    _add_virtual_pipeline_flags(g)
     # Free text, checked in validation.py, so an unknown backend gets a message with the fix.
     g.add_argument("--distributed-backend", default=None,
                    help="nccl or gloo; default nccl when CUDA is available, else gloo")
     g.add_argument("--distributed-timeout-minutes", type=int, default=10, help="collective timeout")
+    g.add_argument("--use-tp-pp-dp-mapping", action="store_true",
+                   help="rank order tp-pp-dp (pipeline ranks before data-parallel ones) instead of Megatron's "
+                        "default tp-dp-pp: rank = tp + TP x (pp + PP x dp)")
+    g.add_argument("--overlap-grad-reduce", action="store_true",
+                   help="start each gradient bucket's DP reduction (all-reduce, or reduce-scatter with "
+                        "--use-distributed-optimizer) during backward, as soon as its gradients are final")
+    g.add_argument("--overlap-param-gather", action="store_true",
+                   help="with --use-distributed-optimizer and --overlap-grad-reduce: run each bucket's parameter "
+                        "all-gather during the next forward instead of at the end of the optimizer step")
+    g.add_argument("--ddp-bucket-size", type=int, default=None,
+                   help="elements per gradient bucket with --overlap-grad-reduce; default max(40M, 1M x DP)")
+    g.add_argument("--ddp-num-buckets", type=int, default=None,
+                   help="instead of --ddp-bucket-size: this rank's parameter count / N elements per bucket")
+    g.add_argument("--ddp-average-in-collective", action="store_true",
+                   help="Megatron: average in the DP collective instead of scaling before it. The same mean: "
+                        "goldtron sums in the collective and divides after it either way (gloo has no average)")
+    g.add_argument("--ddp-pad-buckets-for-high-nccl-busbw", action="store_true",
+                   help="with --use-distributed-optimizer: pad each bucket to a multiple of 2^16 elements too")
+    g.add_argument("--no-align-grad-reduce", action="store_false", dest="align_grad_reduce",
+                   help="with --overlap-grad-reduce: pipeline stages after the first also start their reduction "
+                        "from backward (default: after their last backward)")
+    g.add_argument("--no-align-param-gather", action="store_false", dest="align_param_gather",
+                   help="no effect without an interleaved schedule (Megatron then turns the alignment off): each "
+                        "bucket's all-gather is started from the forward that needs the one before it")
     g.add_argument("--defer-embedding-wgrad-compute", action="store_true",
                    help="defer the output layer's weight-gradient GEMMs to the pipeline flush (PP > 1)")
     g.add_argument("--wgrad-deferral-limit", type=int, default=0,
                    help="defer only the first N micro-batches; 0 defers all")
 
 
+def _add_virtual_pipeline_flags(g) -> None:
+    """Megatron's interleaved (virtual) pipeline schedule (docs/virtual_pipeline.md)."""
+    g.add_argument("--num-layers-per-virtual-pipeline-stage", type=int, default=None,
+                   help="interleaved schedule: layers per model chunk; chunks per rank = layers per rank / N")
+    g.add_argument("--num-virtual-stages-per-pipeline-rank", type=int, default=None,
+                   help="interleaved schedule: model chunks per pipeline rank (VP)")
+    g.add_argument("--microbatch-group-size-per-virtual-pipeline-stage", type=int, default=None,
+                   dest="microbatch_group_size_per_vp_stage",
+                   help="interleaved schedule: micro-batches run back to back per chunk, PP to M (default PP)")
+    # Megatron's p2p overlap (on by default there) changes when transfers are waited for, not what
+    # is sent or computed; goldtron runs the same schedule with each slot's transfers batched.
+    g.add_argument("--no-overlap-p2p-communication", action="store_false", dest="overlap_p2p_comm",
+                   help="Megatron's batched p2p for the interleaved schedule (then PP > 2, as there); "
+                        "same results either way")
+    g.add_argument("--overlap-p2p-communication", action="store_true", dest="overlap_p2p_comm", default=True,
+                   help="Megatron's older spelling of the default (p2p overlapped with compute); same results")
+    g.add_argument("--overlap-p2p-communication-warmup-flush", action="store_true",
+                   dest="overlap_p2p_comm_warmup_flush",
+                   help="overlap p2p in the warmup and flush too (interleaved schedule); same results")
+
+
 def _add_training_flags(g) -> None:
     g.add_argument("--micro-batch-size", type=int, default=None, help="required")
     g.add_argument("--global-batch-size", type=int, default=None,
                    help="default micro-batch x data-parallel size")
-    g.add_argument("--train-iters", type=int, default=None, help="required")
+    g.add_argument("--train-iters", type=int, default=None,
+                   help="training length in iterations (this or --train-samples is required)")
+    g.add_argument("--train-samples", type=int, default=None,
+                   help="training length in samples (Megatron's sample-based training): "
+                        "train_iters = train_samples // global batch; excludes the *-iters schedule flags")
     g.add_argument("--exit-interval", type=int, default=None,
                    help="exit after the iteration that is a multiple of this")
     g.add_argument("--seed", type=int, default=megatron_defaults.SEED, help="seed of init, dropout and data order")
@@ -139,11 +192,20 @@ def _add_training_flags(g) -> None:
     g.add_argument("--lr-warmup-fraction", type=float, default=None,
                    help="warmup as a fraction of the decay length")
     g.add_argument("--lr-warmup-iters", type=int, default=0, help="linear warmup length in iterations")
+    g.add_argument("--lr-decay-samples", type=int, default=None,
+                   help="with --train-samples: LR decay length in samples; default --train-samples")
+    g.add_argument("--lr-warmup-samples", type=int, default=0,
+                   help="with --train-samples: linear warmup length in samples (0 is also allowed with "
+                        "--train-iters, as in Megatron)")
     g.add_argument("--weight-decay", type=float, default=0.01, help="decoupled; not on biases and norms")
     g.add_argument("--clip-grad", type=float, default=1.0, help="global grad-norm clip; 0 disables")
     g.add_argument("--use-distributed-optimizer", action="store_true",
                    help="shard Adam state over the data-parallel ranks (ZeRO-1): reduce-scatter gradients, "
                         "update the owned range, all-gather parameters")
+    g.add_argument("--calculate-per-token-loss", action="store_true",
+                   help="normalize by the step's loss tokens (all micro-batches and DP ranks) instead of per "
+                        "micro-batch: the backward loss is each micro-batch's sum, and the reduced gradients "
+                        "are divided by the token count")
     g.add_argument("--adam-beta1", type=float, default=0.9, help="Adam beta1")
     g.add_argument("--adam-beta2", type=float, default=0.999, help="Adam beta2")
     g.add_argument("--adam-eps", type=float, default=1e-8, help="Adam epsilon")
@@ -152,6 +214,22 @@ def _add_training_flags(g) -> None:
                    help="take LR schedule settings from the checkpoint on resume")
     g.add_argument("--override-opt_param-scheduler", action="store_true",
                    help="take LR schedule settings from the flags, ignoring the checkpoint")
+    g.add_argument("--check-weight-hash-across-dp-replicas-interval", type=int, default=None,
+                   help="every N iterations, check that the data-parallel replicas hold bitwise the same "
+                        "weights (SHA-256 of each parameter, compared with DP replica 0); a mismatch stops "
+                        "every rank naming the parameter")
+    g.add_argument("--rerun-mode", default="validate_results",
+                   choices=["disabled", "validate_results", "report_determinism_stats", "report_stats"],
+                   help="Megatron's re-run state machine on the step's loss (see docs/flags.md, rerun mode): "
+                        "validate_results re-runs a step whose loss is NaN/Inf in place and exits 17 "
+                        "(not reproducible) or 16 (reproducible); report_determinism_stats (report_stats) "
+                        "re-runs every step once and logs the loss difference; disabled checks nothing")
+    g.add_argument("--error-injection-rate", type=int, default=0,
+                   help="with --rerun-mode validate_results: reject one step's loss in N at random (0: never)")
+    g.add_argument("--error-injection-type", default="transient_error",
+                   choices=["correct_result", "transient_error", "persistent_error"],
+                   help="what an injected rejection looks like on the re-run: transient_error does not "
+                        "reproduce; persistent_error and correct_result do")
     g.add_argument("--torch-threads", type=int, default=None,
                    help="goldtron only: intra-op threads per rank; default cpu_count // LOCAL_WORLD_SIZE. "
                         "A different thread count gives different CPU floating-point bits.")
@@ -186,7 +264,8 @@ def _add_logging_flags(g) -> None:
 def _add_checkpoint_flags(g) -> None:
     g.add_argument("--save", default=None, help="checkpoint directory to write")
     g.add_argument("--load", default=None, help="checkpoint directory to resume from")
-    g.add_argument("--save-interval", type=int, default=None, help="iterations between saves (needs --save)")
+    g.add_argument("--save-interval", type=int, default=None,
+                   help="iterations between saves; without --save nothing is saved (a warning, as Megatron)")
     g.add_argument("--ckpt-format", default="torch_dist",
                    choices=["torch", "torch_dist", "zarr", "torch_dcp", "fsdp_dtensor"],
                    help="only torch_dist is implemented")

@@ -16,8 +16,9 @@ import math
 from dataclasses import dataclass
 
 from goldtron.config.errors import ConfigError
+from goldtron.config.virtual_pipeline import complete_microbatch_group, complete_virtual_stages
 from goldtron.data.tokenizer import vocab_size_of
-from goldtron.model.pipeline_split import PipelineSplit, describe_split, split_problems, stage_layer_counts
+from goldtron.model.pipeline_split import PipelineSplit, describe_split, split_problems, virtual_stage_layer_counts
 
 SUPPORTED_BACKENDS = ("nccl", "gloo")
 
@@ -55,6 +56,7 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
                      "environment variable (torchrun sets it) or the world_size passed to parse_args.")
         problems.raise_if_any()
     args.world_size = world_size
+    args.config_warnings = []  # valid Megatron input goldtron reads differently; main.py prints them
 
     _refuse_unimplemented_values(args, machine, problems)
     _require_flags(args, problems)
@@ -65,8 +67,13 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
     _complete_model_shape(args, problems)
     _complete_recompute(args, problems)
     _complete_layout_and_batch(args, problems)
+    _complete_training_length(args, problems)
+    _complete_rerun_mode(args)
+    for message in complete_microbatch_group(args):
+        problems.add(message)
     _complete_backend(args, machine, problems)
     _check_embedding_wgrad_deferral(args, problems)
+    _check_gradient_reduction(args, problems)
     _complete_lr_schedule(args, problems)
     _check_checkpointing(args, problems)
     _complete_data_and_tokenizer(args, problems)
@@ -84,6 +91,11 @@ def _refuse_unimplemented_values(args, machine: MachineFacts, problems: _Problem
         problems.add("--transformer-impl transformer_engine: goldtron implements only its own PyTorch layers "
                      f"('local'); Transformer Engine {installed}. Use --transformer-impl local "
                      "(the gate's per-platform overrides do this for Megatron test cases).")
+    if args.cuda_graph_impl != "none":
+        where = ("this machine has no CUDA device to capture graphs on" if not machine.cuda_available
+                 else "goldtron does not implement CUDA graphs")
+        problems.add(f"--cuda-graph-impl {args.cuda_graph_impl}: CUDA graphs cannot run here ({where}). "
+                     "Use --cuda-graph-impl none (Megatron's default) or remove the flag.")
     if args.fp16:
         problems.add("--fp16 is not implemented (no loss scaling). Use --bf16, or neither for fp32.")
     if args.fp16 and args.bf16:
@@ -116,13 +128,14 @@ _REQUIRED = {
     "seq_length": "--seq-length S",
     "max_position_embeddings": "--max-position-embeddings P (at least --seq-length)",
     "micro_batch_size": "--micro-batch-size B",
-    "train_iters": "--train-iters N",
     "lr": "--lr LR",
 }
 
 
 def _require_flags(args, problems: _Problems) -> None:
     missing = [usage for dest, usage in _REQUIRED.items() if getattr(args, dest) is None]
+    if args.train_iters is None and args.train_samples is None:
+        missing.append("--train-iters N (or --train-samples N)")
     if missing:
         problems.add("missing required flag(s): add " + ", ".join(missing) + ".")
 
@@ -133,9 +146,10 @@ _POSITIVE_INTS = (
     "tensor_model_parallel_size", "pipeline_model_parallel_size", "make_vocab_size_divisible_by",
     "vocab_size", "exit_interval", "save_interval", "log_interval", "tensorboard_log_interval",
     "eval_interval", "lr_decay_iters", "distributed_timeout_minutes", "torch_threads", "rotary_base",
+    "train_samples", "lr_decay_samples", "check_weight_hash_across_dp_replicas_interval",
 )
-_NON_NEGATIVE = ("wgrad_deferral_limit", "lr_warmup_iters", "eval_iters", "lr", "min_lr",
-                 "weight_decay", "clip_grad", "init_method_std")
+_NON_NEGATIVE = ("wgrad_deferral_limit", "lr_warmup_iters", "lr_warmup_samples", "eval_iters", "lr", "min_lr",
+                 "weight_decay", "clip_grad", "init_method_std", "error_injection_rate")
 
 
 def _flag(dest: str) -> str:
@@ -193,7 +207,7 @@ def _complete_model_shape(args, problems: _Problems) -> None:
     _complete_query_groups(args, problems)
     if args.apply_query_key_layer_scaling:
         args.attention_softmax_in_fp32 = True  # as Megatron's TransformerConfig: the scale is undone in fp32
-    for message in split_problems(PipelineSplit.from_args(args)):
+    for message in complete_virtual_stages(args) + split_problems(PipelineSplit.from_args(args)):
         problems.add(message)
     if args.kv_channels is None:
         if args.hidden_size % args.num_attention_heads:
@@ -303,6 +317,36 @@ def _check_embedding_wgrad_deferral(args, problems: _Problems) -> None:
                      "Remove the flag or use PP >= 2.")
 
 
+def _check_gradient_reduction(args, problems: _Problems) -> None:
+    """Megatron's rules for the DP gradient reduction flags (arguments.py, training.get_model and
+    distributed_data_parallel.py), each quoted, with the fix."""
+    if args.overlap_param_gather and not args.use_distributed_optimizer:
+        problems.add("--overlap-param-gather only supported with distributed optimizer (Megatron's check): the "
+                     "overlapped all-gather is the distributed optimizer's. Add --use-distributed-optimizer, or drop "
+                     "--overlap-param-gather.")
+    if args.overlap_param_gather and not args.overlap_grad_reduce:
+        problems.add("Must use --overlap-param-gather with --overlap-grad-reduce (Megatron's check). Add "
+                     "--overlap-grad-reduce, or drop --overlap-param-gather.")
+    if args.calculate_per_token_loss and args.ddp_average_in_collective:
+        problems.add("Cannot average in collective when calculating per-token loss! (Megatron's check): with "
+                     "--calculate-per-token-loss the DP reduction is a sum, divided by the step's token count after "
+                     "it. Drop --ddp-average-in-collective.")
+    if args.ddp_num_buckets is not None and args.ddp_bucket_size is not None:
+        problems.add("Cannot specify both --ddp-num-buckets and --ddp-bucket-size (Megatron's check); keep one.")
+    if args.ddp_num_buckets is not None and args.ddp_num_buckets <= 0:
+        problems.add(f"--ddp-num-buckets {args.ddp_num_buckets}: --ddp-num-buckets must be greater than 0 "
+                     "(Megatron's check).")
+    if args.ddp_bucket_size is not None and args.ddp_bucket_size <= 0:
+        problems.add(f"--ddp-bucket-size {args.ddp_bucket_size}: must be a positive number of elements.")
+    # Megatron ignores these silently without --overlap-grad-reduce (no bucketing); goldtron says so.
+    given = [flag for flag, value in (("--ddp-bucket-size", args.ddp_bucket_size),
+                                      ("--ddp-num-buckets", args.ddp_num_buckets)) if value is not None]
+    if given and not args.overlap_grad_reduce:
+        problems.add(f"{' and '.join(given)} given without --overlap-grad-reduce: without it the gradients are "
+                     "reduced in one bucket after backward, so the bucket size changes nothing. Add "
+                     "--overlap-grad-reduce, or drop the flag.")
+
+
 def _complete_recompute(args, problems: _Problems) -> None:
     """Megatron's rules for activation recomputation (TransformerConfig and arguments.py)."""
     if args.recompute_activations:
@@ -313,11 +357,12 @@ def _complete_recompute(args, problems: _Problems) -> None:
         args.recompute_granularity = "selective"  # as Megatron: the legacy flag is selective
     granularity, method, n = args.recompute_granularity, args.recompute_method, args.recompute_num_layers
     split = PipelineSplit.from_args(args)
-    counts = None if split_problems(split) else stage_layer_counts(split)  # bad splits are reported above
+    # Per model chunk: with an interleaved pipeline each chunk is its own block of layers (Megatron).
+    counts = None if split_problems(split) else virtual_stage_layer_counts(split)  # bad splits: reported above
     # N is checked against the largest stage; a smaller stage recomputes all of its layers (block),
     # as Megatron's block loop does. The even split has one size, so this is the usual rule there.
     per_stage = max(counts) if counts else None
-    if split.is_even:
+    if split.is_even and split.virtual_stages == 1:
         stage_text = (f"{per_stage} here (--num-layers {args.num_layers} / --pipeline-model-parallel-size "
                       f"{split.pp_size})")
     else:
@@ -355,25 +400,81 @@ def _complete_recompute(args, problems: _Problems) -> None:
                          "--recompute-method block.")
 
 
+def _complete_training_length(args, problems: _Problems) -> None:
+    """Megatron's two ways to say how long to train, never mixed: iterations (--train-iters with the
+    *-iters schedule flags) or samples (--train-samples with the *-samples ones; then
+    train_iters = train_samples // global batch, as Megatron's update_train_iters without ramp-up)."""
+    args.sample_based_training = args.train_samples is not None
+    if args.train_iters is not None and args.train_samples is not None:
+        problems.add(f"--train-iters {args.train_iters} and --train-samples {args.train_samples} are both set "
+                     "(Megatron: 'expected sample-based training'); give one of them.")
+        return
+    if args.sample_based_training:
+        _refuse_other_units_schedule(args, problems, "--train-samples", "sample", ("lr_decay_iters", "lr_warmup_iters"),
+                                     "Use --lr-decay-samples / --lr-warmup-samples (or --lr-warmup-fraction) instead.")
+        if args.lr_warmup_fraction is not None and args.lr_warmup_samples:
+            problems.add("--lr-warmup-fraction and --lr-warmup-samples are both set; give only one.")
+        if getattr(args, "num_micro_batches", None) is not None:  # else the batch is invalid, already reported
+            if args.train_samples < args.global_batch_size:
+                problems.add(f"--train-samples {args.train_samples} is less than one global batch "
+                             f"({args.global_batch_size}): no iteration would run. Raise --train-samples.")
+            args.train_iters = args.train_samples // args.global_batch_size
+    else:
+        _refuse_other_units_schedule(args, problems, "--train-iters", "iteration",
+                                     ("lr_decay_samples", "lr_warmup_samples"),
+                                     "Use --lr-decay-iters / --lr-warmup-iters, or train with --train-samples.")
+
+
+def _refuse_other_units_schedule(args, problems: _Problems, length_flag: str, unit: str, other_dests: tuple[str, str],
+                                 fix: str) -> None:
+    """The decay and warmup flags counted in the other unit than the training length (their
+    defaults are None and 0), as Megatron's validate_args asserts."""
+    decay, warmup = other_dests
+    mixed = [_flag(dest) for dest, given in ((decay, getattr(args, decay) is not None),
+                                             (warmup, getattr(args, warmup) != 0)) if given]
+    if mixed:
+        article = "an" if unit[0] in "aeiou" else "a"
+        problems.add(f"{' and '.join(mixed)} with {length_flag}: {unit}-based training takes {article} {unit}-based "
+                     f"schedule (Megatron: 'expected {unit}-based learning rate decay/warmup'). {fix}")
+
+
+def _complete_rerun_mode(args) -> None:
+    if args.rerun_mode == "report_stats":
+        args.rerun_mode = "report_determinism_stats"  # newer Megatron's name of the same mode
+    if args.error_injection_rate and args.rerun_mode != "validate_results":
+        args.config_warnings.append(f"--error-injection-rate {args.error_injection_rate} has no effect with "
+                                    f"--rerun-mode {args.rerun_mode} (as in Megatron: only validate_results "
+                                    "injects).")
+
+
 def _complete_lr_schedule(args, problems: _Problems) -> None:
-    """Megatron counts the schedule in samples: iterations x global batch."""
+    """Megatron counts the schedule in samples: iterations x global batch, or the *-samples flags."""
     if args.min_lr > args.lr:
         problems.add(f"--min-lr {args.min_lr} is above --lr {args.lr}; the LR decays from --lr down to --min-lr.")
-    if args.lr_decay_iters is None:
-        args.lr_decay_iters = args.train_iters
     if args.lr_warmup_fraction is not None and args.lr_warmup_iters:
         problems.add("--lr-warmup-fraction and --lr-warmup-iters are both set; give only one.")
-    if getattr(args, "num_micro_batches", None) is None:
-        return  # the batch is invalid; already reported
-    args.lr_decay_samples = args.lr_decay_iters * args.global_batch_size
+    if args.train_iters is None or getattr(args, "num_micro_batches", None) is None:
+        return  # the length or the batch is invalid; already reported
+    if args.sample_based_training:
+        if args.lr_decay_samples is None:
+            args.lr_decay_samples = args.train_samples
+        args.lr_decay_iters = None  # Megatron's own field stays unset in sample-based training
+        decay_text = f"--lr-decay-samples {args.lr_decay_samples}"
+        warmup_flags = "--lr-warmup-samples / --lr-warmup-fraction"  # lr_warmup_samples is the flag itself
+    else:
+        if args.lr_decay_iters is None:
+            args.lr_decay_iters = args.train_iters
+        args.lr_decay_samples = args.lr_decay_iters * args.global_batch_size
+        decay_text = f"--lr-decay-iters {args.lr_decay_iters} x global batch"
+        warmup_flags = "--lr-warmup-iters / --lr-warmup-fraction"
+        if args.lr_warmup_fraction is None:
+            args.lr_warmup_samples = args.lr_warmup_iters * args.global_batch_size
     if args.lr_warmup_fraction is not None:
         args.lr_warmup_samples = args.lr_warmup_fraction * args.lr_decay_samples
-    else:
-        args.lr_warmup_samples = args.lr_warmup_iters * args.global_batch_size
     if args.lr_warmup_samples >= args.lr_decay_samples:
         problems.add(f"LR warmup ({args.lr_warmup_samples} samples) must be shorter than LR decay "
-                     f"({args.lr_decay_samples} samples = --lr-decay-iters {args.lr_decay_iters} x global batch). "
-                     "Lower --lr-warmup-iters / --lr-warmup-fraction or raise --lr-decay-iters.")
+                     f"({args.lr_decay_samples} samples = {decay_text}). "
+                     f"Lower {warmup_flags} or lengthen the decay.")
     if args.use_checkpoint_opt_param_scheduler and args.override_opt_param_scheduler:
         problems.add("--use-checkpoint-opt_param-scheduler and --override-opt_param-scheduler contradict each other "
                      "(schedule from the checkpoint vs from the flags); give at most one.")
@@ -381,8 +482,9 @@ def _complete_lr_schedule(args, problems: _Problems) -> None:
 
 def _check_checkpointing(args, problems: _Problems) -> None:
     if args.save_interval is not None and args.save is None:
-        problems.add(f"--save-interval {args.save_interval} is set but --save is not; add --save DIR "
-                     "or drop --save-interval.")
+        # Megatron accepts this and saves nothing; so does goldtron, saying so.
+        args.config_warnings.append(f"--save-interval {args.save_interval} is set but --save is not: no "
+                                    "checkpoint will be written (add --save DIR to save).")
 
 
 def _complete_data_and_tokenizer(args, problems: _Problems) -> None:

@@ -77,7 +77,8 @@ def _test_parser() -> _Parser:
     from goldtron.gate.cpu_sizing import SIZES
 
     parser = _Parser(prog="goldtron test", description="Run a functional test case and judge it against its golden values.")
-    parser.add_argument("case", type=Path, help="case folder holding model_config.yaml")
+    parser.add_argument("case", type=Path, help="case folder holding model_config.yaml, or a folder of cases "
+                                                "(each run in turn; resumable)")
     parser.add_argument("--environment", default=None, help="golden environment (default dev)")
     parser.add_argument("--platform", default=None, help="golden platform (default: detected, e.g. dgx_h100, cpu_intel_avx512)")
     parser.add_argument("--record", action="store_true", help="write this run as the golden of this environment/platform")

@@ -20,6 +20,8 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, replace
 
+from goldtron.config.virtual_pipeline import chunks_per_rank
+from goldtron.gate.case import DEFAULT_TRAINER
 from goldtron.gate.errors import GateInputError
 from goldtron.trainer_contract import ITERATION_TIME
 
@@ -139,8 +141,9 @@ def _virtual_stages(args: _Args) -> int:
     per_stage = args.int("--num-layers-per-virtual-pipeline-stage")
     if not per_stage:
         return 1
-    pp = args.int("--pipeline-model-parallel-size", 1)
-    return max(1, (args.int("--num-layers", 1) // pp) // per_stage)
+    units = args.on("--account-for-embedding-in-pipeline-split") + args.on("--account-for-loss-in-pipeline-split")
+    return chunks_per_rank(args.int("--num-layers", 1), args.int("--pipeline-model-parallel-size", 1), units,
+                           per_stage) or 1
 
 
 def _size_layout_and_batch(args: _Args, size: CpuSize, megatron_world: int) -> int:
@@ -322,17 +325,17 @@ SIZES = ("auto", "cpu", "full")
 def wants_cpu_size(requested: str, platform: str, case) -> bool:
     """--size auto: CPU size on a CPU machine for a case that runs goldtron's trainer and has no
     PLATFORMS override for this machine (an override is the case author's own sizing)."""
-    from goldtron.gate.case import DEFAULT_TRAINER
-
     if requested != "auto":
         return requested == "cpu"
     return platform.startswith("cpu") and not case.override_for(platform) and tuple(case.trainer) == DEFAULT_TRAINER
 
 
-def sized_case(case, size: CpuSize = CpuSize()):
-    """`case` (a gate Case) at CPU size, and the changes made, for the report."""
-    from goldtron.gate.case import DEFAULT_TRAINER
+def sized_case(case, size: CpuSize = CpuSize(), frozen_checkpoint_given: bool = False):
+    """`case` (a gate Case) at CPU size, and the changes made, for the report.
 
+    A frozen-resume case resumes from a stored checkpoint of Megatron's size, which the CPU-size
+    model cannot load; without a CPU-size one (`frozen_checkpoint_given`) it runs as ckpt-resume:
+    run 2 resumes from the checkpoint run 1 wrote half-way, the same train-save-resume structure."""
     sized = size_model_args(case.model_args, str(case.config_file), size,
                             goldtron_trainer=tuple(case.trainer) == DEFAULT_TRAINER)
     env_vars = dict(case.env_vars, **sized.env_vars)
@@ -342,5 +345,10 @@ def sized_case(case, size: CpuSize = CpuSize()):
         # DGX node (the flagship's CPU override measured 1.19 s vs 2.08 s per step with one other
         # job beside it). A 100% band still catches a slowdown beyond 2x.
         tolerances[ITERATION_TIME] = dict(tolerances.get(ITERATION_TIME, {}), approx_rtol=1.0)
+    changes, test_type = sized.changes, case.test_type
+    if test_type == "frozen-resume" and case.frozen_checkpoint is None and not frozen_checkpoint_given:
+        test_type = "ckpt-resume"
+        changes += (SizeChange("TEST_TYPE", "frozen-resume", test_type,
+                               "no stored checkpoint of the CPU-size model: run 2 resumes from run 1's own"),)
     return replace(case, model_args=sized.model_args, env_vars=env_vars, nproc_per_node=sized.nproc,
-                   tolerances=tolerances), sized.changes
+                   tolerances=tolerances, test_type=test_type), changes

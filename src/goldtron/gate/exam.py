@@ -17,10 +17,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from goldtron.gate.calibration import faster
-from goldtron.gate.case import golden_file_name, load_case
+from goldtron.gate.case import CONFIG_NAME, golden_file_name, load_case
 from goldtron.gate.cpu_sizing import sized_case, wants_cpu_size
-from goldtron.gate.equivalence import (EQUIVALENCE_LINE, judge_against_twin, run_twin, unrounded_values,
-                                       without_dropout)
+from goldtron.gate.equivalence import (EQUIVALENCE_LINE, judge_against_twin, run_twin, single_process_twin,
+                                       unrounded_values, without_dropout)
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.golden import Golden, write_golden
 from goldtron.gate.golden_choice import choose_golden
@@ -29,7 +29,8 @@ from goldtron.gate.judging import Reference, judge_repeat, load_reference, recor
 from goldtron.gate.launcher import LaunchOptions
 from goldtron.gate.platform import DEFAULT_ENVIRONMENT, detect_platform, gpu_count
 from goldtron.gate.report import CaseReport, print_table, write_reports
-from goldtron.gate.runner import RunOptions, check_layout_fits, check_supported, default_nproc, run_repeat
+from goldtron.gate.runner import (RunOptions, check_layout_fits, check_supported, default_nproc, frozen_checkpoint,
+                                  refused_by_trainer, run_repeat)
 
 EXIT_PASS, EXIT_FAIL, EXIT_BAD_INPUT = 0, 1, 2
 
@@ -110,20 +111,28 @@ def _check_equivalence_request(request: TestRequest) -> None:
         raise GateInputError("--equivalence runs on one node (its twin is one process). Fix: drop --nnodes")
 
 
-def _run_test(request: TestRequest) -> int:
-    started = time.monotonic()
-    platform = request.platform or detect_platform()
+def _case_as_run(request: TestRequest, platform: str):
+    """The case with this platform's override, at CPU size if asked (with the report's lines on
+    it), without dropout under equivalence; and whether equivalence is judged."""
     written = load_case(request.case_dir)
     case = written.resolved_for(platform)
     size_notes = []
     if wants_cpu_size(request.size, platform, written):
-        case, changes = sized_case(case)
+        case, changes = sized_case(case, frozen_checkpoint_given=request.frozen_checkpoint is not None)
         size_notes = [f"sized for a CPU (--size cpu): {len(changes)} flag(s), Megatron's value -> CPU value"]
         size_notes += [f"  {change.line()}" for change in changes]
     equivalence = request.equivalence or case.equivalence
     if equivalence:
         _check_equivalence_request(request)
         case = without_dropout(case)
+    return case, size_notes, equivalence
+
+
+def _run_test(request: TestRequest, reports: list | None = None) -> int:
+    """One case; its CaseReport is appended to `reports` when given (a folder run's table)."""
+    started = time.monotonic()
+    platform = request.platform or detect_platform()
+    case, size_notes, equivalence = _case_as_run(request, platform)
     check_supported(case)
     n_repeat = request.n_repeat or case.n_repeat
     output_dir = (request.output_dir or Path("runs") / case.name).resolve()
@@ -134,6 +143,15 @@ def _run_test(request: TestRequest) -> int:
     judging = launch.is_last_node
     choice = choose_golden(case, request.environment, platform, forced=request.platform is not None)
     report = CaseReport(case=case.name)
+    if reports is not None:
+        reports.append(report)
+    refused = refused_by_trainer(case)
+    if refused is None and equivalence:
+        refused = refused_by_trainer(single_process_twin(case))
+    if refused is not None:  # known before any launch or calibration; every rank would say it after start-up
+        print(refused, flush=True)
+        report.errors.append(f"the trainer refuses the case's flags: {refused}")
+        return EXIT_BAD_INPUT
     calibration = _calibrate(case) if judging else None  # timed again after the phases
     try:
         if equivalence:
@@ -144,6 +162,7 @@ def _run_test(request: TestRequest) -> int:
         if choice.exists or "no golden file" not in str(error):
             raise
         print(f"FAIL {case.name}: {error}")  # a missing golden is a failed gate, not a bad case
+        report.errors.append(str(error))
         return EXIT_FAIL
     if judging:
         golden_line = f"golden: {choice.reason}" if not request.record else f"recording: {choice.path.name}"
@@ -164,10 +183,12 @@ def _run_test(request: TestRequest) -> int:
 
     options = RunOptions(output_dir, request.data_path, launch, request.progress or PhaseProgress(),
                          request.frozen_checkpoint, n_repeat)
-    first_run1, training_s, config_error, run1_values = None, 0.0, False, []
+    first_run1, training_s, run1_values = None, 0.0, []
     if judging:
         threading.Thread(target=_warm_imports, args=(request.plot,), daemon=True).start()
-    twin = run_twin(case, options, report) if equivalence and judging else None
+    if case.test_type == "frozen-resume":
+        frozen_checkpoint(case, options)  # before any phase (the twin's too) is started
+    twin, config_error = run_twin(case, options, report) if equivalence and judging else (None, False)
     for index in range(1, n_repeat + 1):
         if equivalence and twin is None:
             break  # the twin failed: report.errors says how
@@ -223,12 +244,20 @@ def _run_test(request: TestRequest) -> int:
     return EXIT_PASS if report.passed else EXIT_FAIL
 
 
+def _is_folder_of_cases(path: Path) -> bool:
+    return path.is_dir() and not (path / CONFIG_NAME).is_file()
+
+
 def run_test(request: TestRequest) -> int:
     """`goldtron test`. SIGINT/SIGTERM/SIGHUP stop the running phase's process tree (run_phase) and
     end the run with exit code 128 + the signal; goldens are written only after judging, and
     atomically, so an interrupt leaves none behind, not even half of one."""
     with stop_on_signals():
         try:
+            if _is_folder_of_cases(Path(request.case_dir)):
+                from goldtron.gate.folder_run import run_folder
+
+                return run_folder(request, _run_test)
             return _run_test(request)
         except GateInterrupted as interrupted:
             interrupted.case = interrupted.case or Path(request.case_dir).name

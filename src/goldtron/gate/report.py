@@ -161,3 +161,22 @@ def write_reports(report: CaseReport, output_dir: Path) -> dict[str, Path]:
     paths["markdown"].write_text(markdown(report))
     paths["junit"].write_text(junit_xml([report]))
     return paths
+
+
+VERDICT_STYLE = {"PASS": "bold green", "FAIL": "bold red", "REFUSED": "yellow", "ERROR": "bold magenta"}
+
+
+def print_folder_table(rows, title: str, console=None) -> None:
+    """A folder run's table: one row per case (gate/folder_run.py's CaseRow)."""
+    from rich.console import Console
+    from rich.table import Table
+
+    console = console or Console(width=None if sys.stdout.isatty() else 200)
+    table = Table(title=title)
+    for column in ("case", "verdict", "worst rel. diff", "time", "why"):
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        worst = "-" if row.worst_relative_difference is None else f"{row.worst_relative_difference:.2g}"
+        style = VERDICT_STYLE.get(row.verdict, "")
+        table.add_row(row.case, f"[{style}]{row.verdict}[/{style}]", worst, f"{row.seconds:.0f} s", row.why)
+    console.print(table)

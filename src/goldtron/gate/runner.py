@@ -16,7 +16,7 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goldtron.gate.case import SUPPORTED_TEST_TYPES, Case, model_args_to_argv
+from goldtron.gate.case import DEFAULT_TRAINER, PLACEHOLDERS, SUPPORTED_TEST_TYPES, Case, model_args_to_argv
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.interrupts import GateInterrupted
 from goldtron.gate.launcher import LaunchOptions, PhaseOutcome, run_phase, torchrun_argv, trainer_target
@@ -159,6 +159,27 @@ def _launch(case: Case, options: RunOptions, repeat: RepeatRun, phase: str, slot
     return outcome
 
 
+def refused_by_trainer(case: Case) -> str | None:
+    """goldtron's trainer's refusal of the case's flags, known before any launch (None for other
+    trainers, or when it takes them all: the rest is validated by the trainer itself)."""
+    if tuple(case.trainer) != DEFAULT_TRAINER:
+        return None
+    from goldtron.arguments import refused_flags
+
+    return refused_flags(model_args_to_argv(case.model_args, {name: name for name in PLACEHOLDERS},
+                                            str(case.config_file)))
+
+
+def frozen_checkpoint(case: Case, options: RunOptions) -> Path:
+    """The stored checkpoint a frozen-resume case loads; its absence is a clear error."""
+    frozen = options.frozen_checkpoint or case.frozen_checkpoint
+    if frozen is None or not (Path(frozen) / TRACKER).is_file():
+        raise GateInputError(f"{case.config_file}: frozen-resume needs a stored checkpoint with {TRACKER}; "
+                             f"got {frozen}. Fix: set GOLDTRON.FROZEN_CHECKPOINT or pass --frozen-checkpoint "
+                             "(at --size cpu: a checkpoint of the CPU-size model)")
+    return Path(frozen)
+
+
 def run_repeat(case: Case, options: RunOptions, index: int) -> RepeatRun:
     """All phases of one repeat; stops at the first failed phase."""
     check_supported(case)
@@ -169,11 +190,7 @@ def run_repeat(case: Case, options: RunOptions, index: int) -> RepeatRun:
     checkpoints.mkdir(parents=True, exist_ok=True)
     slot = (index - 1) * PHASES_PER_REPEAT
     if case.test_type == "frozen-resume":
-        frozen = options.frozen_checkpoint or case.frozen_checkpoint
-        if frozen is None or not (Path(frozen) / TRACKER).is_file():
-            raise GateInputError(f"{case.config_file}: frozen-resume needs a stored checkpoint with {TRACKER}; "
-                                 f"got {frozen}. Fix: set GOLDTRON.FROZEN_CHECKPOINT or pass --frozen-checkpoint")
-        _launch(case, options, repeat, "run1", slot, Path(frozen), checkpoints)
+        _launch(case, options, repeat, "run1", slot, frozen_checkpoint(case, options), checkpoints)
         return repeat
     step = resume_step(case) if case.test_type == "ckpt-resume" else None
     if not _launch(case, options, repeat, "run1", slot, checkpoints, checkpoints).ok or step is None:

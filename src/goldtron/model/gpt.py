@@ -1,8 +1,13 @@
-"""One pipeline stage of a GPT: embedding (first stage), its share of the layers, and the final
-LayerNorm + LM head (last stage). With one stage it is the whole model.
+"""One pipeline rank's part of a GPT: embedding (first stage), its share of the layers, and the
+final LayerNorm + LM head (last stage). With one stage it is the whole model.
+
+With an interleaved (virtual) pipeline the rank holds V model chunks (model/pipeline_split.py
+says which layers each has): `forward(..., chunk=c)` runs chunk c's layers; the embedding belongs
+to chunk 0 of the first rank, the final LayerNorm and the LM head to chunk V-1 of the last. One
+module holds all chunks, so parameters, the optimizer and checkpoints see one set of names.
 
 Layers are named by their *global* index (`decoder.layers.7...`), so names, initial weights and
-checkpoint keys do not depend on how the model is cut into stages.
+checkpoint keys do not depend on how the model is cut into stages or chunks.
 """
 
 from __future__ import annotations
@@ -30,19 +35,25 @@ OUTPUT_WEIGHT_NAME = "output_layer.weight"
 class Decoder(nn.Module):
     def __init__(self, args: Namespace, ps: ParallelState, rng: DropoutRNG):
         super().__init__()
+        split = PipelineSplit.from_args(args)
+        # The global layer indices of each model chunk of this rank (one chunk without interleaving).
+        self.chunk_layers = [stage_layer_range(split, ps.pp_rank, c) for c in range(split.virtual_stages)]
         self.layers = nn.ModuleDict({
             str(i): TransformerLayer(args, ps, f"decoder.layers.{i}", rng, layer_number=i + 1)
-            for i in stage_layer_range(PipelineSplit.from_args(args), ps.pp_rank)
+            for layers in self.chunk_layers for i in layers
         })
         self.final_layernorm = make_norm(args, args.hidden_size, ps.device) if ps.is_last_stage else None
         self.rng = rng
-        # --recompute-granularity full: which layers run under a checkpoint, in which chunks.
-        self.chunks = layer_chunks(len(self.layers), args.recompute_granularity, args.recompute_method,
-                                   args.recompute_num_layers)
+        # --recompute-granularity full: which layers run under a checkpoint, in which groups; per
+        # model chunk, as Megatron's transformer block of each chunk does.
+        self.recompute_groups = [layer_chunks(len(layers), args.recompute_granularity, args.recompute_method,
+                                              args.recompute_num_layers) for layers in self.chunk_layers]
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = run_layer_chunks(list(self.layers.values()), x, self.chunks, self.rng)
-        return x if self.final_layernorm is None else self.final_layernorm(x)
+    def forward(self, x: torch.Tensor, chunk: int = 0) -> torch.Tensor:
+        layers = [self.layers[str(i)] for i in self.chunk_layers[chunk]]
+        x = run_layer_chunks(layers, x, self.recompute_groups[chunk], self.rng)
+        last_chunk = chunk == len(self.chunk_layers) - 1
+        return self.final_layernorm(x) if self.final_layernorm is not None and last_chunk else x
 
 
 class GPTStage(nn.Module):
@@ -82,11 +93,25 @@ class GPTStage(nn.Module):
             return self.output_layer.weight
         return None  # a middle stage holds neither copy
 
-    def forward(self, stage_input: torch.Tensor, position_ids: torch.Tensor | None = None) -> torch.Tensor:
-        """First stage: token ids -> hidden; other stages: hidden -> hidden. Last stage: returns
-        the hidden after the final LayerNorm; call `loss` with it."""
-        x = self.embedding(stage_input, position_ids) if self.embedding is not None else stage_input
-        return self.decoder(x)
+    @property
+    def num_chunks(self) -> int:
+        """Model chunks on this rank (the virtual pipeline size; 1 without interleaving)."""
+        return len(self.decoder.chunk_layers)
+
+    def takes_tokens(self, chunk: int) -> bool:
+        """Whether chunk `chunk` is the first virtual stage (it embeds token ids)."""
+        return self.embedding is not None and chunk == 0
+
+    def computes_loss(self, chunk: int) -> bool:
+        """Whether chunk `chunk` is the last virtual stage (its output goes to `loss`)."""
+        return self.output_layer is not None and chunk == self.num_chunks - 1
+
+    def forward(self, stage_input: torch.Tensor, position_ids: torch.Tensor | None = None,
+                chunk: int = 0) -> torch.Tensor:
+        """First virtual stage: token ids -> hidden; others: hidden -> hidden. Last virtual stage:
+        returns the hidden after the final LayerNorm; call `loss` with it."""
+        x = self.embedding(stage_input, position_ids) if self.takes_tokens(chunk) else stage_input
+        return self.decoder(x, chunk)
 
     def loss(self, hidden: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per-token fp32 loss [b, s] from the last stage's hidden."""

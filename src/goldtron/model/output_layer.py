@@ -87,6 +87,9 @@ class OutputLayer(nn.Module):
         self.tp_group, self.release = ps.tp_group, ps.backend_release
         self.compute_dtype = compute_dtype
         self.deferred = None if defer_limit is None else DeferredWgradBuffer(defer_limit)
+        # Called with the weight after each in-place wgrad add (now or at the drain): autograd's
+        # gradient hooks never see these (training/grad_readiness.py counts them for --overlap-grad-reduce).
+        self.wgrad_listeners: list = []
 
     def real_weight(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.detach()[: weight.real_rows].to(self.compute_dtype)
@@ -106,6 +109,8 @@ class OutputLayer(nn.Module):
         if self.weight.grad is None:
             self.weight.grad = torch.zeros_like(self.weight)
         self.weight.grad[: self.weight.real_rows] += _wgrad(x.detach(), grad_output.detach())
+        for listener in self.wgrad_listeners:
+            listener(self.weight)
 
     def drain_deferred_wgrads(self) -> None:
         """The kept weight-gradient GEMMs, first in first out, accumulated in fp32."""

@@ -84,6 +84,27 @@ def all_gather_(outputs: list[torch.Tensor], tensor: torch.Tensor, group, releas
     return outputs
 
 
+class PendingCollective:
+    """An asynchronous collective on `tensors`, held here until `wait`, which then also waits for
+    the backend to let go of them (BackendRelease), as the synchronous collectives do.
+
+    Build `tensors` inline (`PendingCollective(fn, [torch.empty(n), flat], ...)`), keeping no other
+    reference to them: the references counted before the launch must be the ones left at `wait`.
+    `collective(*tensors)` issues the collective with async_op=True and returns its work handle.
+    """
+
+    def __init__(self, collective, tensors: list[torch.Tensor], release: BackendRelease):
+        self.tensors = tensors
+        self.release = release
+        self.before = _references(tensors)
+        self.work = collective(*tensors)
+
+    def wait(self) -> list[torch.Tensor]:
+        self.work.wait()
+        self.release.wait(self.tensors, self.before)
+        return self.tensors
+
+
 def all_reduce_flat_(tensors: list[torch.Tensor], group, release: BackendRelease, op=dist.ReduceOp.SUM) -> None:
     """All-reduce many tensors as one flat buffer: one collective instead of many.
 

@@ -1,20 +1,21 @@
-"""The step schedules: no pipelining (one stage), 1F1B (non-interleaved), and forward-only (eval).
+"""Runs a step's schedule: the plan of parallel/schedule_plan.py (no pipelining, 1F1B, or
+Megatron's interleaved 1F1B with several model chunks per rank), then the drain of the deferred
+LM-head weight-gradients.
 
-1F1B on stage s of P with M micro-batches (Megatron's counts): warmup = min(P - s - 1, M)
-forwards, then M - warmup steady (one forward, one backward) slots, then warmup cooldown
-backwards. The schedule owns the step's deferral of the LM-head weight-gradients: `train_step`
-starts it (nothing carries over), backward keeps the GEMMs, and they are drained right after the
-cooldown, so the caller's gradient reduction sees whole gradients.
+The schedule owns the step's deferral: `train_step` starts it (nothing carries over), backward
+keeps the GEMMs, and they are drained right after the last backward, so the caller's gradient
+reduction sees whole gradients. Tensors waiting between plan steps are keyed by
+(micro-batch, chunk), so a plan's order is all that differs between the schedules.
 """
 
 from __future__ import annotations
 
-from collections import deque
 from dataclasses import dataclass
 
 import torch
 
 from goldtron.parallel.p2p import PipelineP2P
+from goldtron.parallel.schedule_plan import Position, Transfer, Work, eval_plan, train_plan
 from goldtron.parallel.trace import StepTrace
 
 
@@ -34,104 +35,95 @@ class StepLoss:
     num_tokens: float = 0.0
 
 
-def warmup_count(pp_size: int, pp_rank: int, num_micro_batches: int) -> int:
-    return min(pp_size - pp_rank - 1, num_micro_batches)
+class _Tensors:
+    """What waits between the steps of one plan, keyed by (micro-batch, chunk)."""
+
+    def __init__(self):
+        self.inputs: dict = {}        # received activations, the inputs of a forward
+        self.to_send: dict = {}       # forward outputs waiting for send_next
+        self.in_flight: dict = {}     # (input, output) kept for the backward
+        self.output_grads: dict = {}  # received gradients of a forward's output
+        self.input_grads: dict = {}   # gradients of a forward's input waiting for send_prev
 
 
 class Schedule:
-    def __init__(self, model, ps, p2p: PipelineP2P, trace: StepTrace | None = None):
+    def __init__(self, model, ps, p2p: PipelineP2P, trace: StepTrace | None = None,
+                 microbatch_group_size: int | None = None, per_token_loss: bool = False):
         self.model = model
         self.ps = ps
         self.p2p = p2p
         self.trace = trace or StepTrace()
+        self.position = Position(ps.pp_size, ps.pp_rank, model.num_chunks)
+        self.microbatch_group_size = microbatch_group_size  # interleaved only; None: PP
+        self.per_token_loss = per_token_loss  # --calculate-per-token-loss
 
-    # ---- one micro-batch -------------------------------------------------------------------
-    def _forward(self, index: int, mb: MicroBatch, stage_input, num_micro_batches: int, loss: StepLoss):
-        with self.trace.span("forward", index):
-            if self.ps.is_first_stage:
-                out = self.model(mb.tokens, mb.position_ids)
+    # ---- one micro-batch through one chunk -------------------------------------------------
+    def _forward(self, work: Work, mb: MicroBatch, stage_input, num_micro_batches: int, loss: StepLoss):
+        chunk = work.chunk
+        with self.trace.span("forward", work.micro_batch, chunk):
+            if self.model.takes_tokens(chunk):
+                out = self.model(mb.tokens, mb.position_ids, chunk=chunk)
             else:
-                out = self.model(stage_input)
-            if not self.ps.is_last_stage:
+                out = self.model(stage_input, chunk=chunk)
+            if not self.model.computes_loss(chunk):
                 return out
             per_token = self.model.loss(out, mb.labels)
             loss_sum = (per_token * mb.loss_mask).sum()
             num_tokens = mb.loss_mask.sum()
             loss.loss_sum += float(loss_sum.detach())
             loss.num_tokens += float(num_tokens)
+            if self.per_token_loss:
+                # Megatron's --calculate-per-token-loss: the sum; the gradients are divided by the
+                # step's token count (all micro-batches, all DP ranks) after the DP reduction.
+                return loss_sum
             # Megatron: each micro-batch's mean loss, scaled by 1/M so the step's gradient is the mean.
             return loss_sum / num_tokens / num_micro_batches
 
-    def _backward(self, index: int, stage_input, output, output_grad):
-        with self.trace.span("backward", index):
+    def _backward(self, work: Work, stage_input, output, output_grad):
+        with self.trace.span("backward", work.micro_batch, work.chunk):
             if output_grad is None:
                 output.backward()
             else:
                 output.backward(output_grad)
             return None if stage_input is None else stage_input.grad
 
-    def _exchange(self, **kwargs):
+    def _transfer(self, step: Transfer, held: _Tensors, training: bool) -> None:
         with self.trace.span("p2p-wait"):
-            return self.p2p.exchange(**kwargs)
+            activation, gradient = self.p2p.exchange(
+                send_next=None if step.send_next is None else held.to_send.pop(step.send_next),
+                send_prev=None if step.send_prev is None else held.input_grads.pop(step.send_prev),
+                recv_prev=step.recv_prev is not None, recv_next=step.recv_next is not None)
+        if activation is not None:
+            held.inputs[step.recv_prev] = activation.requires_grad_(True) if training else activation
+        if gradient is not None:
+            held.output_grads[step.recv_next] = gradient
 
-    def _recv_input(self):
-        x, _ = self._exchange(recv_prev=True)
-        if x is not None:
-            x.requires_grad_(True)
-        return x
+    def _run(self, plan: list, micro_batches: list[MicroBatch], training: bool) -> StepLoss:
+        loss, m, held = StepLoss(), len(micro_batches), _Tensors()
+        for step in plan:
+            if isinstance(step, Transfer):
+                self._transfer(step, held, training)
+            elif step.kind == "forward":
+                x = held.inputs.pop(step.slot, None)
+                out = self._forward(step, micro_batches[step.micro_batch], x, m, loss)
+                if not self.model.computes_loss(step.chunk):
+                    held.to_send[step.slot] = out.detach()
+                if training:
+                    held.in_flight[step.slot] = (x, out)
+            else:
+                x, out = held.in_flight.pop(step.slot)
+                dx = self._backward(step, x, out, held.output_grads.pop(step.slot, None))
+                if dx is not None:
+                    held.input_grads[step.slot] = dx
+        return loss
 
     # ---- whole step ----------------------------------------------------------------------
     def train_step(self, micro_batches: list[MicroBatch]) -> StepLoss:
         """Forward and backward of every micro-batch, then the drain of the deferred wgrads."""
         self.model.start_deferred_wgrads()
-        if self.ps.pp_size == 1:
-            loss = self._no_pipelining(micro_batches)
-        else:
-            loss = self._one_f_one_b(micro_batches)
+        plan = train_plan(self.position, len(micro_batches), self.microbatch_group_size)
+        loss = self._run(plan, micro_batches, training=True)
         self.drain_deferred_wgrads()
-        return loss
-
-    def _no_pipelining(self, micro_batches: list[MicroBatch]) -> StepLoss:
-        loss, m = StepLoss(), len(micro_batches)
-        for i, mb in enumerate(micro_batches):
-            out = self._forward(i, mb, None, m, loss)
-            self._backward(i, None, out, None)
-        return loss
-
-    def _one_f_one_b(self, micro_batches: list[MicroBatch]) -> StepLoss:
-        ps, loss, m = self.ps, StepLoss(), len(micro_batches)
-        warmup = warmup_count(ps.pp_size, ps.pp_rank, m)
-        steady = m - warmup
-        in_flight: deque = deque()  # (index, stage input, output) awaiting backward
-        next_forward = 0
-        next_backward = 0
-
-        for _ in range(warmup):
-            x = self._recv_input()
-            out = self._forward(next_forward, micro_batches[next_forward], x, m, loss)
-            self._exchange(send_next=None if ps.is_last_stage else out.detach())
-            in_flight.append((next_forward, x, out))
-            next_forward += 1
-
-        x = self._recv_input() if steady > 0 else None
-        for i in range(steady):
-            out = self._forward(next_forward, micro_batches[next_forward], x, m, loss)
-            in_flight.append((next_forward, x, out))
-            next_forward += 1
-            _, grad = self._exchange(send_next=None if ps.is_last_stage else out.detach(), recv_next=True)
-            index, x_b, out_b = in_flight.popleft()
-            dx = self._backward(index, x_b, out_b, grad)
-            next_backward += 1
-            last = i == steady - 1
-            x, _ = self._exchange(send_prev=dx, recv_prev=not last)
-            if x is not None:
-                x.requires_grad_(True)
-
-        for _ in range(warmup):
-            _, grad = self._exchange(recv_next=True)
-            index, x_b, out_b = in_flight.popleft()
-            dx = self._backward(index, x_b, out_b, grad)
-            self._exchange(send_prev=dx)
         return loss
 
     def drain_deferred_wgrads(self) -> None:
@@ -140,10 +132,5 @@ class Schedule:
 
     @torch.no_grad()
     def forward_only(self, micro_batches: list[MicroBatch]) -> StepLoss:
-        loss, m = StepLoss(), len(micro_batches)
-        for i, mb in enumerate(micro_batches):
-            x, _ = self._exchange(recv_prev=True)
-            out = self._forward(i, mb, x, m, loss)
-            if not self.ps.is_last_stage:
-                self._exchange(send_next=out)
-        return loss
+        plan = eval_plan(self.position, len(micro_batches), self.microbatch_group_size)
+        return self._run(plan, micro_batches, training=False)

@@ -4,6 +4,8 @@ TensorBoard and the pipeline timeline picture.
 
 This module owns the trace file format: `<tensorboard dir>/pipeline_trace/rank{r}.jsonl`, one
 JSON line per step (`append_step` writes it, `read_steps` reads it, `goldtron timeline` draws it).
+Each span is [kind, micro-batch, start, end, model chunk] (the chunk: which of the rank's model
+chunks ran, 0 without an interleaved pipeline; files written before it existed have 4 fields).
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ class Span:
     micro_batch: int  # -1 when the span is not about one micro-batch
     start: float
     end: float
+    chunk: int = 0  # the model chunk (interleaved pipeline); 0 otherwise
 
 
 @dataclass
@@ -34,12 +37,12 @@ class StepTrace:
     spans: list[Span] = field(default_factory=list)
 
     @contextmanager
-    def span(self, kind: str, micro_batch: int = -1):
+    def span(self, kind: str, micro_batch: int = -1, chunk: int = 0):
         t0 = time.perf_counter()
         try:
             yield
         finally:
-            self.spans.append(Span(kind, micro_batch, t0, time.perf_counter()))
+            self.spans.append(Span(kind, micro_batch, t0, time.perf_counter(), chunk))
 
     def totals(self) -> dict[str, float]:
         """Seconds per kind, plus `idle`: the step's time not covered by any span."""
@@ -54,7 +57,7 @@ class StepTrace:
             "rank": rank,
             "start": self.start,
             "end": self.end,
-            "spans": [[s.kind, s.micro_batch, s.start - self.start, s.end - self.start] for s in self.spans],
+            "spans": [[s.kind, s.micro_batch, s.start - self.start, s.end - self.start, s.chunk] for s in self.spans],
         }
 
 

@@ -61,6 +61,7 @@ def build_trainer(args, ps, device: torch.device, metrics_file=None):
     from goldtron.training.metrics_file import MetricsFile
     from goldtron.training.optimizer import build_optimizer
     from goldtron.training.progress import TrainingProgress
+    from goldtron.training.rerun import ResultValidator
 
     _seed_everything(args, ps.pp_rank)
 
@@ -81,11 +82,15 @@ def build_trainer(args, ps, device: torch.device, metrics_file=None):
     optimizer = build_optimizer(model, args, ps)
     lr_schedule = LRSchedule.from_args(args)
     progress = TrainingProgress()
+    random_state = RankRandomState(rng)
     checkpointer = build_checkpointer(args, ps, CheckpointParts(model, optimizer, lr_schedule, progress,
-                                                                RankRandomState(rng)))
+                                                                random_state))
     p2p = PipelineP2P(ps, (args.micro_batch_size, args.seq_length, args.hidden_size), args.params_dtype)
-    trainer = Trainer(args, ps, model, optimizer, lr_schedule, Schedule(model, ps, p2p), train_ds, valid_ds, memory,
-                      progress, checkpointer, metrics_file or MetricsFile(None))
+    schedule = Schedule(model, ps, p2p, microbatch_group_size=args.microbatch_group_size_per_vp_stage,
+                        per_token_loss=args.calculate_per_token_loss)
+    trainer = Trainer(args, ps, model, optimizer, lr_schedule, schedule, train_ds, valid_ds, memory,
+                      progress, checkpointer, metrics_file or MetricsFile(None), ResultValidator.from_args(args, ps),
+                      random_state)
     if memory.cpu_counter is not None:
         memory.cpu_counter.track_existing(model.parameters())
     return trainer
@@ -98,7 +103,7 @@ def build_and_train(args) -> None:
     configure_torch(args)
     device = _init_distributed(args)
     ps = ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, device,
-                              args.distributed_backend)
+                              args.distributed_backend, args.use_tp_pp_dp_mapping)
     try:
         train_on(args, ps, device, MetricsFile(os.environ.get(METRICS_FILE_ENV)))
     finally:

@@ -115,6 +115,7 @@ class Checkpointer:
         start = time.perf_counter()
         self.wait()  # one write at a time: the next save waits for the previous one
         a, ps, parts, iteration = self.args, self.ps, self.parts, self.parts.progress.iteration
+        parts.optimizer.finish_parameter_sync()  # --overlap-param-gather: save whole weights
         with_optimizer = not a.no_save_optim and has_optimizer_state(parts.optimizer)
         placements = parameter_placements(parts.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)
         optimizer = parts.optimizer if with_optimizer else None

@@ -23,14 +23,19 @@ stage's copy then have the same owned ranges, so the embedding-group all-reduce 
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
+from functools import partial
 
 import torch
 import torch.distributed as dist
 
-from goldtron.parallel.collectives import all_gather_flat_, all_reduce_, reduce_scatter_
+from goldtron.parallel.collectives import PendingCollective, all_gather_flat_, all_reduce_, reduce_scatter_
 from goldtron.parallel.state import ParallelState
 from goldtron.training import grads
+from goldtron.training.grad_buckets import bucket_parameters, resolve_bucket_size
+from goldtron.training.grad_readiness import GradReadiness
+from goldtron.training.parameter_gather import OverlappedParameterGather
 from goldtron.training.optimizer import HeldAdamState
 
 # Elements; a multiple of every CPU/GPU vector width, so pieces keep the kernels' element grouping.
@@ -52,14 +57,22 @@ class OwnedPiece:
     view: torch.Tensor   # param's elements [start, end): the leaf the inner AdamW updates in place
 
 
+def bucket_size_multiple(dp_size: int, pad_for_high_nccl_busbw: bool) -> int:
+    """What a bucket's padded size is a multiple of: DP equal shards of whole ALIGNMENT blocks, and
+    with --ddp-pad-buckets-for-high-nccl-busbw also 2^16 (Megatron: NCCL's bus bandwidth at large DP)."""
+    multiple = ALIGNMENT * dp_size
+    return math.lcm(multiple, 2**16) if pad_for_high_nccl_busbw else multiple
+
+
 class Bucket:
-    def __init__(self, params: list[torch.nn.Parameter], dp_size: int, dp_rank: int, reduce_over_embedding: bool):
+    def __init__(self, params: list[torch.nn.Parameter], dp_size: int, dp_rank: int, reduce_over_embedding: bool,
+                 size_multiple: int | None = None):
         self.params = params
         self.offsets, offset = [], 0
         for p in params:
             self.offsets.append(offset)
             offset = _round_up(offset + p.numel(), ALIGNMENT)
-        self.size = _round_up(max(offset, 1), ALIGNMENT * dp_size)
+        self.size = _round_up(max(offset, 1), size_multiple or ALIGNMENT * dp_size)
         self.shard_size = self.size // dp_size
         low, high = dp_rank * self.shard_size, (dp_rank + 1) * self.shard_size
         self.reduce_over_embedding = reduce_over_embedding
@@ -78,11 +91,11 @@ class DistributedOptimizer:
 
     def __init__(self, model: torch.nn.Module, args, ps: ParallelState, make_adamw):
         self.ps = ps
+        self.average = not args.calculate_per_token_loss  # per-token: the sum, divided by the step's tokens later
         shared = model.shared_embedding_weight()
-        rest = [p for p in model.parameters() if p is not shared]
-        self.buckets = [Bucket(rest, ps.dp_size, ps.dp_rank, False)]
-        if shared is not None:
-            self.buckets.insert(0, Bucket([shared], ps.dp_size, ps.dp_rank, True))
+        multiple = bucket_size_multiple(ps.dp_size, args.ddp_pad_buckets_for_high_nccl_busbw)
+        self.buckets = [Bucket(params, ps.dp_size, ps.dp_rank, shared is not None and params[0] is shared, multiple)
+                        for params in self._bucket_members(model, args, ps, shared)]
         self.pieces = {id(piece.param): piece for b in self.buckets for piece in b.pieces}
         for piece in self.pieces.values():
             if piece.param.dim() > 2:
@@ -93,6 +106,28 @@ class DistributedOptimizer:
         self.inner = make_adamw(owned) if owned else None
         # Norms and num-zeros: every rank holds a disjoint part of each replica's gradients.
         self.norm_group = dist.group.WORLD if ps.world_size > 1 else None
+        self.pending_reduces: dict[int, PendingCollective] = {}
+        self.readiness = None  # --overlap-grad-reduce: reduce-scatters launched from backward
+        if args.overlap_grad_reduce:
+            from_backward = ps.pp_rank == 0 or not args.align_grad_reduce  # as overlapped_all_reduce.py
+            self.readiness = GradReadiness(model, [b.params for b in self.buckets], args.num_micro_batches,
+                                           self._launch_reduce, from_backward)
+        self.parameter_gather = None  # --overlap-param-gather: all-gathers waited by the next forward
+        if args.overlap_param_gather:
+            self.parameter_gather = OverlappedParameterGather(model, [b.params for b in self.buckets],
+                                                              self._launch_gather, self._receive_gather)
+
+    @staticmethod
+    def _bucket_members(model: torch.nn.Module, args, ps: ParallelState, shared) -> list[list[torch.nn.Parameter]]:
+        """Without --overlap-grad-reduce: the tied embedding alone, then everything else in the model's
+        order. With it: Megatron's buckets (grad_buckets.py), the tied embedding still alone."""
+        params = list(model.parameters())
+        if args.overlap_grad_reduce:
+            local = sum(p.numel() for p in params)
+            size = resolve_bucket_size(args, ps.dp_size, ps.pp_rank, local)
+            return bucket_parameters(params, size, alone=shared)
+        rest = [p for p in params if p is not shared]
+        return ([[shared]] if shared is not None else []) + [rest]
 
     # ---- the interface's state: what set_learning_rate and the checkpointer read ----------------
     @property
@@ -116,25 +151,50 @@ class DistributedOptimizer:
             bucket.grad_shard = None
         for piece in self.pieces.values():
             piece.view.grad = None
+        if self.readiness is not None:
+            self.readiness.reset()
 
     # ---- gradients -----------------------------------------------------------------------------
+    def _flat_gradients(self, bucket: Bucket) -> torch.Tensor:
+        flat = torch.zeros(bucket.size, dtype=torch.float32, device=self.ps.device)
+        for p, at in zip(bucket.params, bucket.offsets):
+            if p.grad is not None:
+                flat[at : at + p.numel()].copy_(p.grad.view(-1))
+            p.grad = None  # the owned sums live in grad_shard; the rest is another rank's
+        return flat
+
+    def _receive_shard(self, bucket: Bucket, shard: torch.Tensor) -> None:
+        """The bucket's owned, DP-summed gradients: the mean (unless per-token), then the embedding group's sum."""
+        ps = self.ps
+        if self.average:
+            shard.div_(ps.dp_size)
+        if bucket.reduce_over_embedding:
+            all_reduce_(shard, ps.embedding_group, ps.backend_release)
+        bucket.grad_shard = shard
+        for piece in bucket.pieces:
+            piece.view.grad = shard[piece.shard_offset : piece.shard_offset + piece.end - piece.start]
+
+    def _launch_reduce(self, b: int) -> None:
+        bucket, ps = self.buckets[b], self.ps
+        reduce_scatter = partial(dist.reduce_scatter_single, group=ps.dp_group, async_op=True)
+        self.pending_reduces[b] = PendingCollective(
+            reduce_scatter, [torch.empty(bucket.shard_size, dtype=torch.float32, device=ps.device),
+                             self._flat_gradients(bucket)], ps.backend_release)
+
     def reduce_gradients(self) -> None:
         ps = self.ps
+        if self.readiness is not None:  # --overlap-grad-reduce: most are under way already
+            self.readiness.launch_remaining()
+            for b, bucket in enumerate(self.buckets):
+                shard, _ = self.pending_reduces.pop(b).wait()
+                self._receive_shard(bucket, shard)
+            return
         for bucket in self.buckets:
-            flat = torch.zeros(bucket.size, dtype=torch.float32, device=ps.device)
-            for p, at in zip(bucket.params, bucket.offsets):
-                if p.grad is not None:
-                    flat[at : at + p.numel()].copy_(p.grad.view(-1))
-                p.grad = None  # the owned sums live in grad_shard; the rest is another rank's
+            flat = self._flat_gradients(bucket)
             shard = torch.empty(bucket.shard_size, dtype=torch.float32, device=ps.device)
             reduce_scatter_(shard, flat, ps.dp_group, ps.backend_release)
             del flat
-            shard.div_(ps.dp_size)
-            if bucket.reduce_over_embedding:
-                all_reduce_(shard, ps.embedding_group, ps.backend_release)
-            bucket.grad_shard = shard
-            for piece in bucket.pieces:
-                piece.view.grad = shard[piece.shard_offset : piece.shard_offset + piece.end - piece.start]
+            self._receive_shard(bucket, shard)
 
     def counted_views(self, use_grad: bool) -> list[torch.Tensor]:
         """The owned pieces that count in norms and num-zeros (grads.is_counted), real rows only."""
@@ -160,13 +220,38 @@ class DistributedOptimizer:
     def step(self) -> None:
         if self.inner is not None:
             self.inner.step()
+        if self.parameter_gather is not None:  # gathered while the next forward runs
+            self.parameter_gather.mark_stale()
+            return
         ps = self.ps
         for bucket in self.buckets:
-            shard = torch.zeros(bucket.shard_size, dtype=torch.float32, device=ps.device)
-            for piece in bucket.pieces:
-                shard[piece.shard_offset : piece.shard_offset + piece.end - piece.start].copy_(piece.view)
+            shard = self._owned_shard(bucket)
             full = torch.empty(bucket.size, dtype=torch.float32, device=ps.device)
             all_gather_flat_(full, shard, ps.dp_group, ps.backend_release)
             del shard
-            for p, at in zip(bucket.params, bucket.offsets):
-                p.detach().view(-1).copy_(full[at : at + p.numel()])
+            self._write_parameters(bucket, full)
+
+    def _owned_shard(self, bucket: Bucket) -> torch.Tensor:
+        shard = torch.zeros(bucket.shard_size, dtype=torch.float32, device=self.ps.device)
+        for piece in bucket.pieces:
+            shard[piece.shard_offset : piece.shard_offset + piece.end - piece.start].copy_(piece.view)
+        return shard
+
+    @torch.no_grad()
+    def _write_parameters(self, bucket: Bucket, full: torch.Tensor) -> None:
+        for p, at in zip(bucket.params, bucket.offsets):
+            p.detach().view(-1).copy_(full[at : at + p.numel()])
+
+    def _launch_gather(self, b: int) -> PendingCollective:
+        bucket, ps = self.buckets[b], self.ps
+        all_gather = partial(dist.all_gather_single, group=ps.dp_group, async_op=True)
+        return PendingCollective(all_gather, [torch.empty(bucket.size, dtype=torch.float32, device=ps.device),
+                                              self._owned_shard(bucket)], ps.backend_release)
+
+    def _receive_gather(self, b: int, pending: PendingCollective) -> None:
+        full, _ = pending.wait()
+        self._write_parameters(self.buckets[b], full)
+
+    def finish_parameter_sync(self) -> None:
+        if self.parameter_gather is not None:
+            self.parameter_gather.complete_all()

@@ -40,17 +40,38 @@ def counted_views(params: list[torch.nn.Parameter], ps: ParallelState, use_grad:
     return out
 
 
-def reduce_gradients(params: list[torch.nn.Parameter], ps: ParallelState, shared_embedding) -> None:
+def reduce_gradients(params: list[torch.nn.Parameter], ps: ParallelState, shared_embedding, average: bool = True,
+                     dp_reduce=None) -> None:
+    """DP all-reduce (the mean, or the sum when not `average`: --calculate-per-token-loss divides by
+    the step's tokens instead), then the embedding group's. `dp_reduce`: an OverlappedAllReduce
+    whose buckets are already under way (--overlap-grad-reduce), finished here instead."""
     for p in params:
         if p.grad is None:
             p.grad = torch.zeros_like(p)
-    if ps.dp_size > 1:
+    if dp_reduce is not None:
+        dp_reduce.finish()
+    elif ps.dp_size > 1:
         grads = [p.grad for p in params]
         all_reduce_flat_(grads, ps.dp_group, ps.backend_release)
-        for g in grads:
-            g.div_(ps.dp_size)
+        if average:
+            for g in grads:
+                g.div_(ps.dp_size)
     if shared_embedding is not None:
         all_reduce_(shared_embedding.grad, ps.embedding_group, ps.backend_release)
+
+
+def step_token_count(micro_batches, ps: ParallelState) -> float:
+    """--calculate-per-token-loss: the loss tokens of the whole step, summed over DP. Every rank
+    loads its micro-batches' loss masks, so no broadcast from the last stage is needed (Megatron's)."""
+    local = sum(float(mb.loss_mask.sum()) for mb in micro_batches)
+    total = torch.tensor([local], dtype=torch.float64, device=ps.device)
+    all_reduce_(total, ps.dp_group, ps.backend_release)
+    return float(total)
+
+
+def scale_gradients_(gradients: list[torch.Tensor], factor: float) -> None:
+    for g in gradients:
+        g.mul_(factor)
 
 
 def global_norm(views: list[torch.Tensor], ps: ParallelState, group=None) -> float:

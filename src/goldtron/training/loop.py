@@ -22,12 +22,15 @@ from goldtron.training.memory import MemoryStats
 from goldtron.training.metrics_file import MetricsFile
 from goldtron.training.optimizer import Optimizer, set_learning_rate
 from goldtron.training.progress import TrainingProgress
+from goldtron.training.replica_check import check_weight_hashes_across_dp_replicas
+from goldtron.training.rerun import ResultValidator
 
 
 class Trainer:
     def __init__(self, args: Namespace, ps: ParallelState, model, optimizer: Optimizer, lr_schedule: LRSchedule,
                  schedule: Schedule, train_ds, valid_ds, memory: MemoryStats, progress: TrainingProgress,
-                 checkpointer, metrics_file: MetricsFile):
+                 checkpointer, metrics_file: MetricsFile, result_validator: ResultValidator | None = None,
+                 random_state=None):
         self.args = args
         self.ps = ps
         self.model = model
@@ -42,6 +45,9 @@ class Trainer:
         self.metrics_file = metrics_file
         self.tb = TensorBoardLog(args.tensorboard_dir, ps.is_logging_rank)
         self.last_trace: StepTrace | None = None  # the latest step's schedule spans
+        # --rerun-mode (training/rerun.py) and the random streams a re-run restores (RankRandomState)
+        self.result_validator = result_validator or ResultValidator("disabled", ps)
+        self.random_state = random_state
 
     @property
     def iteration(self) -> int:
@@ -76,10 +82,18 @@ class Trainer:
         micro_batches = self._micro_batches(self.train_ds, self.consumed_samples)
         lr = self.lr_schedule.lr()
         set_learning_rate(self.optimizer, lr)
-        self.optimizer.zero_grad()
-        step_loss = self.schedule.train_step(micro_batches)  # deferred wgrads drained inside
+        step_loss = StepLoss()
+
+        def forward_backward() -> float:
+            nonlocal step_loss
+            self.optimizer.zero_grad()
+            step_loss = self.schedule.train_step(micro_batches)  # deferred wgrads drained inside
+            return step_loss.loss_sum / step_loss.num_tokens if step_loss.num_tokens else float("nan")
+
+        self.result_validator.run_step(forward_backward, self._save_random_state, self._restore_random_state,
+                                       self.iteration + 1)
         with trace.span("grad-reduce"):
-            grad_norm, num_zeros = self._reduce_measure_and_clip_gradients()
+            grad_norm, num_zeros = self._reduce_measure_and_clip_gradients(micro_batches)
         with trace.span("optimizer"):
             self.checkpointer.before_optimizer_step()  # an async save's copy must be complete
             self.optimizer.step()
@@ -98,9 +112,21 @@ class Trainer:
             "consumed_samples": self.consumed_samples,
         }
 
-    def _reduce_measure_and_clip_gradients(self) -> tuple[float, int | None]:
-        """Make the gradients final (the optimizer's reduction), then grad-norm, num-zeros, clipping."""
+    def _save_random_state(self):
+        return self.random_state.state_dict() if self.random_state is not None else None
+
+    def _restore_random_state(self, state) -> None:
+        if self.random_state is not None:
+            self.random_state.load_state_dict(state)
+
+    def _reduce_measure_and_clip_gradients(self, micro_batches: list[MicroBatch]) -> tuple[float, int | None]:
+        """Make the gradients final (the optimizer's reduction; with --calculate-per-token-loss then the
+        division by the step's tokens, as Megatron's finalize_model_grads), then grad-norm, num-zeros, clipping."""
         self.optimizer.reduce_gradients()
+        if self.args.calculate_per_token_loss:
+            tokens = grads.step_token_count(micro_batches, self.ps)
+            if tokens > 0:
+                grads.scale_gradients_(self.optimizer.gradients(), 1.0 / tokens)
         views = self.optimizer.counted_views(use_grad=True)
         grad_norm = self._norm(views)
         num_zeros = grads.count_zeros(views, self.ps, self.optimizer.norm_group) if self.args.log_num_zeros_in_grad \
@@ -123,6 +149,7 @@ class Trainer:
         a = self.args
         if self.valid_ds is None or a.eval_iters <= 0:
             return None
+        self.optimizer.finish_parameter_sync()  # --overlap-param-gather: whole weights for the forward-only pass
         self.model.eval()
         self.schedule.trace = StepTrace()  # evaluation spans stay out of the last training step's trace
         total = StepLoss()
@@ -167,6 +194,8 @@ class Trainer:
                 append_step(a.tensorboard_dir, self.last_trace, it, self.ps)
         values["mem_allocated"] = self.memory.allocated()
         values["mem_max_allocated"] = self.memory.max_allocated()
+        logged_line = it % a.log_interval == 0 or it == a.train_iters
+        stats = self.result_validator.report() if logged_line else None  # every rank empties its record
         if not self.ps.is_logging_rank:
             return
         self.metrics_file.write(self.iteration, values)
@@ -188,8 +217,16 @@ class Trainer:
             for r in range(timers.shape[0]):
                 for k, kind in enumerate((*KINDS, "idle")):
                     tb.scalar(tags.pipeline_timer_tag(r, kind), float(timers[r, k]), it)
-        if it % a.log_interval == 0 or it == a.train_iters:
+        if logged_line:
             print_rank(megatron_log_line(it, a.train_iters, values), True)
+            if stats:
+                print_rank(f" {stats}", True)
+
+    def _check_replicas(self) -> None:
+        interval = self.args.check_weight_hash_across_dp_replicas_interval
+        if interval and self.iteration % interval == 0:
+            check_weight_hashes_across_dp_replicas(self.model.named_parameters(), self.ps, self.iteration)
+            print_rank(f" >>> Weight hashes match after {self.iteration} iterations...", self.ps.rank == 0)
 
     # ---- the run ---------------------------------------------------------------------------
     def train(self) -> None:
@@ -200,10 +237,12 @@ class Trainer:
             values = self.train_step()
             self._report(values, first)
             first = False
+            self._check_replicas()
             if a.eval_interval and self.iteration % a.eval_interval == 0 and self.iteration < a.train_iters:
                 self._report_eval(f"iteration {self.iteration}")
             self.checkpointer.after_step()
         if a.eval_iters > 0 and self.iteration >= a.train_iters:
             self._report_eval("the end of training for val data")
+        self.optimizer.finish_parameter_sync()  # the run ends with whole weights
         self.checkpointer.at_end()
         self.tb.flush()

@@ -20,9 +20,13 @@ def main(argv: list[str]) -> int:
         rank = os.environ.get("RANK", "0")
         print(f"goldtron train: error (rank {rank}): {error}", file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
+    if os.environ.get("RANK", "0") == "0":
+        for warning in args.config_warnings:
+            print(f"goldtron train: warning: {warning}", file=sys.stderr, flush=True)
     from goldtron.checkpoint.errors import CheckpointError
     from goldtron.data.errors import DataError
     from goldtron.training.build import build_and_train  # torch is imported from here on
+    from goldtron.training.rerun import ResultValidationStop
 
     try:
         build_and_train(args)
@@ -31,4 +35,7 @@ def main(argv: list[str]) -> int:
         print(f"goldtron train: {kind} error (rank {os.environ.get('RANK', '0')}): {error}",
               file=sys.stderr, flush=True)
         return EXIT_CONFIG_ERROR
+    except ResultValidationStop as stop:  # --rerun-mode: Megatron's exit codes 16 and 17
+        print(f"goldtron train: rank {os.environ.get('RANK', '0')}: {stop}", file=sys.stderr, flush=True)
+        return stop.exit_code
     return 0

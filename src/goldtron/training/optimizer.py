@@ -43,6 +43,8 @@ class Optimizer(Protocol):
     def counted_views(self, use_grad: bool) -> list[torch.Tensor]: ...
     def gradients(self) -> list[torch.Tensor]: ...
     def step(self) -> None: ...
+    # Whole parameters before anything but the next forward reads them (--overlap-param-gather).
+    def finish_parameter_sync(self) -> None: ...
     def held_state(self, param: torch.nn.Parameter) -> HeldAdamState | None: ...
 
 
@@ -82,6 +84,12 @@ class ReplicatedOptimizer:
         self.params = list(model.parameters())
         self.shared_embedding = model.shared_embedding_weight()
         self.inner = adamw([(name, param, param) for name, param in model.named_parameters()], args)
+        self.average = not args.calculate_per_token_loss
+        # With DP 1 there is no DP reduction to overlap: the plain path, bit for bit.
+        self.overlapped = None
+        if args.overlap_grad_reduce and ps.dp_size > 1:
+            from goldtron.training.overlapped_all_reduce import OverlappedAllReduce
+            self.overlapped = OverlappedAllReduce(model, args, ps, self.average)
 
     @property
     def param_groups(self) -> list[dict]:
@@ -93,9 +101,11 @@ class ReplicatedOptimizer:
 
     def zero_grad(self) -> None:
         self.inner.zero_grad(set_to_none=True)
+        if self.overlapped is not None:
+            self.overlapped.reset()
 
     def reduce_gradients(self) -> None:
-        grads.reduce_gradients(self.params, self.ps, self.shared_embedding)
+        grads.reduce_gradients(self.params, self.ps, self.shared_embedding, self.average, self.overlapped)
 
     def counted_views(self, use_grad: bool) -> list[torch.Tensor]:
         return grads.counted_views(self.params, self.ps, use_grad)
@@ -105,6 +115,9 @@ class ReplicatedOptimizer:
 
     def step(self) -> None:
         self.inner.step()
+
+    def finish_parameter_sync(self) -> None:
+        """Every parameter here is whole after step: nothing to wait for."""
 
     def held_state(self, param: torch.nn.Parameter) -> HeldAdamState | None:
         adam = self.inner.state.get(param)

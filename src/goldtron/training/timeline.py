@@ -3,7 +3,9 @@
 Ranks are rows (pipeline stage 0 on top, as in the 1F1B figures of the Megatron papers), time
 runs left to right, and each forward, backward, deferred weight-gradient drain, gradient
 reduction and optimizer step is a coloured box; forward and backward boxes carry their
-micro-batch number, the drain ("W", last stage only: only it defers) its duration. Blank space is idle time (waiting on p2p is drawn as a thin grey bar).
+micro-batch number (with an interleaved pipeline "micro-batch.chunk", and the boxes of
+odd chunks hatched, so the model chunks each rank cycles through stand out), the drain ("W",
+last stage only: only it defers) its duration. Blank space is idle time (waiting on p2p is drawn as a thin grey bar).
 
 Input is the `pipeline_trace` folder that `goldtron train --log-timers-to-tensorboard
 --tensorboard-dir DIR` writes (one `rank{r}.jsonl` per rank, one line per step). Times are
@@ -50,6 +52,7 @@ class Box:
     micro_batch: int
     start: float  # seconds from the earliest rank's step start
     end: float
+    chunk: int = 0  # the rank's model chunk (interleaved pipeline)
 
 
 @dataclass
@@ -97,8 +100,14 @@ def boxes_of(steps: list[RankStep]) -> list[Box]:
     out = []
     for s in steps:
         shift = s.start - origin
-        out.extend(Box(s.rank, kind, mb, shift + t0, shift + t1) for kind, mb, t0, t1 in s.spans)
+        for kind, mb, t0, t1, *chunk in s.spans:  # traces written before chunks existed have no chunk
+            out.append(Box(s.rank, kind, mb, shift + t0, shift + t1, chunk[0] if chunk else 0))
     return out
+
+
+def box_label(box: Box, interleaved: bool) -> str:
+    """A forward/backward box's text: its micro-batch, and with several chunks per rank its chunk."""
+    return f"{box.micro_batch}.{box.chunk}" if interleaved else str(box.micro_batch)
 
 
 def _draw_panel(axes, title: str, steps: list[RankStep], boxes: list[Box], x_max: float) -> None:
@@ -106,6 +115,7 @@ def _draw_panel(axes, title: str, steps: list[RankStep], boxes: list[Box], x_max
     last_stage = max(s.pp_rank for s in steps)
     on_last_stage = {s.rank for s in steps if s.pp_rank == last_stage}
     min_width = MIN_BOX_FRACTION * x_max
+    interleaved = any(box.chunk > 0 for box in boxes)
     for box in boxes:
         if box.kind == "wgrad-drain" and box.rank not in on_last_stage:
             continue  # only the last stage defers; elsewhere the drain span is empty bookkeeping
@@ -115,9 +125,9 @@ def _draw_panel(axes, title: str, steps: list[RankStep], boxes: list[Box], x_max
         thin = box.kind == "p2p-wait"
         height, bottom = (0.16, row - 0.08) if thin else (0.7, row - 0.35)
         axes.broken_barh([(box.start * 1e3, width * 1e3)], (bottom, height), facecolors=colour,
-                         edgecolor="none" if thin else "black", linewidth=0.4)
+                         edgecolor="none" if thin else "black", linewidth=0.4, hatch="//" if box.chunk % 2 else None)
         if box.micro_batch >= 0 and box.kind in ("forward", "backward"):
-            axes.text((box.start + width / 2) * 1e3, row, str(box.micro_batch), ha="center", va="center",
+            axes.text((box.start + width / 2) * 1e3, row, box_label(box, interleaved), ha="center", va="center",
                       fontsize=7, clip_on=True)
         elif box.kind == "wgrad-drain":
             # The true duration: a drain with nothing kept (no deferral) reads 0.00 ms.
@@ -149,7 +159,8 @@ def draw(runs: list[tuple[str, list[RankStep]]], output: Path) -> dict[str, list
     axes_list[-1].set_xlabel("milliseconds from the step's start")
     handles = [Patch(facecolor=c, edgecolor="black", label=name) for c, name in STYLE.values()]
     figure.legend(handles=handles, loc="upper center", ncol=len(handles), fontsize=7, frameon=False,
-                  title=f"blank = idle; boxes shorter than {MIN_BOX_FRACTION:.1%} of the step are widened to it",
+                  title=f"blank = idle; boxes shorter than {MIN_BOX_FRACTION:.1%} of the step are widened to it; "
+                        "interleaved pipeline: labels are micro-batch.chunk, odd chunks hatched",
                   title_fontsize=7)
     figure.tight_layout(rect=(0, 0, 1, 0.93))
     output.parent.mkdir(parents=True, exist_ok=True)
