@@ -1,14 +1,15 @@
 """Megatron-Core's side of the interchange tests, run as its own process (one gloo rank, CPU):
 
-    python megatron_core_side.py save DIR JSON_OUT -- GOLDTRON_FLAGS...
-        builds Megatron-Core's GPTModel for the flags (local layer spec), takes one AdamW step on
+    python megatron_core_side.py JOBS.json
+        JOBS: [{"mode": "save" | "load", "dir": DIR, "out": JSON_OUT, "flags": GOLDTRON_FLAGS}, ...],
+        done in order in this one process (importing Megatron-Core costs seconds; a job little):
+    save: builds Megatron-Core's GPTModel for the flags (local layer spec), takes one AdamW step on
         the run's first global batch (goldtron's data pipeline gives the tokens, so both sides see
         the same batch), saves a torch_dist checkpoint of iteration 1 the way Megatron-LM lays it
         out (DIR/latest_checkpointed_iteration.txt, DIR/iter_0000001/), and writes to JSON_OUT the
         forward loss of the saved weights on the second global batch (what goldtron's first step
-        after loading sees).
-    python megatron_core_side.py load DIR JSON_OUT -- GOLDTRON_FLAGS...
-        loads the checkpoint DIR's tracker names into a GPTModel with strict key checking and
+        after loading sees), then the loss after one more step from there.
+    load: loads the checkpoint DIR's tracker names into a GPTModel with strict key checking and
         writes the loss of the loaded weights on the batch after the checkpoint's consumed samples
         (plus the state it loaded, as torch.save next to JSON_OUT, for bitwise comparisons).
 
@@ -86,11 +87,18 @@ def megatron_model(args):
                     position_embedding_type=args.position_embedding_type)
 
 
-def mean_loss(model, tokens, labels, loss_mask) -> torch.Tensor:
+def causal_mask(tokens: torch.Tensor) -> torch.Tensor:
+    """Megatron's boolean attention mask, True = masked (its default one is built on CUDA)."""
     seq = tokens.shape[1]
-    causal = torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1)[None, None]  # True = masked
-    positions = torch.arange(seq).unsqueeze(0).expand_as(tokens)
-    per_token = model(tokens, positions, causal, labels=labels)  # [b, s], fp32
+    return torch.triu(torch.ones(seq, seq, dtype=torch.bool), diagonal=1)[None, None]
+
+
+def positions_of(tokens: torch.Tensor) -> torch.Tensor:
+    return torch.arange(tokens.shape[1]).unsqueeze(0).expand_as(tokens)
+
+
+def mean_loss(model, tokens, labels, loss_mask) -> torch.Tensor:
+    per_token = model(tokens, positions_of(tokens), causal_mask(tokens), labels=labels)  # [b, s], fp32
     return (per_token * loss_mask).sum() / loss_mask.sum()
 
 
@@ -118,7 +126,8 @@ def sharded_state(model, optimizer):
     )
 
     model_state = model.sharded_state_dict()
-    optim_state = optimizer.state_dict()
+    optim_state = optimizer.state_dict()  # a copy of the tensors' references; the step is taken out of it
+    optim_state["state"] = {k: dict(v) for k, v in optim_state["state"].items()}
     steps = {float(s.pop("step")) for s in optim_state["state"].values()}
     id_map = get_param_id_to_sharded_param_map(model_state, [p for g in optimizer.param_groups for p in g["params"]])
     optim_state_to_sharding_state(optim_state, id_map, exclude_keys="step")
@@ -126,25 +135,54 @@ def sharded_state(model, optimizer):
     return model_state, optim_state
 
 
+def megatron_adamw(model, args) -> torch.optim.AdamW:
+    """AdamW with Megatron's parameter groups: no weight decay for biases and 1-d tensors."""
+    named = list(model.named_parameters())
+    plain = [p for n, p in named if n.endswith(".bias") or p.dim() == 1]
+    decay = [p for n, p in named if not (n.endswith(".bias") or p.dim() == 1)]
+    return torch.optim.AdamW([{"params": decay, "weight_decay": args.weight_decay},
+                              {"params": plain, "weight_decay": 0.0}],
+                             lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps)
+
+
+def train_step(model, optimizer, schedule, args, first_sample: int) -> None:
+    """One Megatron training step: forward, backward, clip the global norm, AdamW, schedule."""
+    optimizer.zero_grad()
+    mean_loss(model, *global_batch(args, first_sample)).backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), args.clip_grad)
+    optimizer.step()
+    schedule.step(args.global_batch_size)
+
+
+def losses(model, args, first_sample: int) -> dict:
+    """Megatron's forward loss on the global batch from `first_sample`, and the same loss with the
+    padded vocabulary rows kept out of the softmax (goldtron's semantics)."""
+    tokens, labels, loss_mask = global_batch(args, first_sample)
+    model.eval()
+    with torch.no_grad():
+        loss = mean_loss(model, tokens, labels, loss_mask).item()
+        logits = model(tokens, positions_of(tokens), causal_mask(tokens))  # [b, s, padded V]
+        real = torch.nn.functional.cross_entropy(logits[..., :args.real_vocab_size].float().flatten(0, 1),
+                                                 labels.flatten(), reduction="none")
+        masked = ((real * loss_mask.flatten()).sum() / loss_mask.sum()).item()
+    model.train()
+    return {"loss": loss, "loss_padded_rows_masked": masked}
+
+
 def save(directory: str, out: str, args) -> None:
     from megatron.core import dist_checkpointing
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
     model = megatron_model(args)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, betas=(args.adam_beta1, args.adam_beta2),
-                                  eps=args.adam_eps, weight_decay=args.weight_decay)
+    optimizer = megatron_adamw(model, args)
     gb = args.global_batch_size
-    mean_loss(model, *global_batch(args, 0)).backward()
-    optimizer.step()
     schedule = OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=args.lr, min_lr=args.min_lr, lr_warmup_steps=args.lr_warmup_iters * gb,
-        lr_decay_steps=args.lr_decay_iters * gb if args.lr_decay_iters else args.train_iters * gb,
-        lr_decay_style=args.lr_decay_style, start_wd=args.weight_decay, end_wd=args.weight_decay,
-        wd_incr_steps=args.train_iters * gb, wd_incr_style="constant")
-    schedule.step(gb)
-    model.eval()
-    with torch.no_grad():
-        loss = mean_loss(model, *global_batch(args, gb)).item()
+        lr_decay_steps=(args.lr_decay_iters or args.train_iters) * gb, lr_decay_style=args.lr_decay_style,
+        start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=args.train_iters * gb,
+        wd_incr_style="constant")
+    train_step(model, optimizer, schedule, args, 0)
+    at_save = losses(model, args, gb)  # what goldtron's first step after loading computes
     model_state, optim_state = sharded_state(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state, "args": megatron_args(args, 1, gb),
              "checkpoint_version": 3.0, "iteration": 1, "opt_param_scheduler": schedule.state_dict(),
@@ -154,7 +192,10 @@ def save(directory: str, out: str, args) -> None:
     dist_checkpointing.save(state, folder)
     with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
         f.write("1")
-    json.dump({"loss": loss}, open(out, "w"))
+    # Megatron goes on from the checkpoint: goldtron's second step after loading must see this loss
+    # (the Adam moments, step and learning rate it loaded decide the update in between).
+    train_step(model, optimizer, schedule, args, gb)
+    json.dump({**at_save, "after_next_step": losses(model, args, 2 * gb)}, open(out, "w"))
 
 
 def load(directory: str, out: str, args) -> None:
@@ -172,35 +213,32 @@ def load(directory: str, out: str, args) -> None:
                                      strict=StrictHandling.RAISE_ALL)
     model.load_state_dict(loaded["model"], strict=True)
     consumed = loaded["args"].consumed_train_samples
+    tokens, labels, loss_mask = global_batch(args, consumed)
     model.eval()
     with torch.no_grad():
-        loss = mean_loss(model, *global_batch(args, consumed)).item()
-    moments = {k: v for k, v in _flat(loaded["optimizer"]["state"]) if isinstance(v, torch.Tensor)}
+        loss = mean_loss(model, tokens, labels, loss_mask).item()
+        logits = model(tokens, positions_of(tokens), causal_mask(tokens))  # [b, s, padded V]
+    # The optimizer state comes back keyed by parameter index, the order of model.parameters().
+    names = [name for name, _ in model.named_parameters()]
+    moments = {kind: {names[i]: state[kind] for i, state in loaded["optimizer"]["state"].items() if isinstance(i, int)}
+               for kind in ("exp_avg", "exp_avg_sq")}
     torch.save({"model": {k: v for k, v in model.state_dict().items() if isinstance(v, torch.Tensor)},
-                "optimizer": moments}, out + ".pt")
+                "optimizer": moments, "tokens": tokens, "logits": logits}, out + ".pt")
     json.dump({"loss": loss, "iteration": loaded["iteration"], "consumed": consumed,
                "common_step": loaded["optimizer"]["state"].get("common_step")}, open(out, "w"))
 
 
-def _flat(tree, prefix=""):
-    for key, value in tree.items():
-        if isinstance(value, dict):
-            yield from _flat(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
-
-
 def main(argv: list[str]) -> None:
-    mode, directory, out = argv[:3]
-    args = goldtron_args(argv[argv.index("--") + 1:])
+    jobs = json.load(open(argv[0]))
     os.environ.setdefault("MASTER_ADDR", "127.0.0.1")
     dist.init_process_group("gloo", rank=0, world_size=1, init_method=f"tcp://127.0.0.1:{_free_port()}")
     from megatron.core import parallel_state
 
     parallel_state.initialize_model_parallel(1, 1)
-    cpu_workarounds()
     torch.set_num_threads(1)
-    (save if mode == "save" else load)(directory, out, args)
+    for job in jobs:
+        cpu_workarounds()  # also resets the RNG tracker: each job starts as a fresh run
+        (save if job["mode"] == "save" else load)(job["dir"], job["out"], goldtron_args(job["flags"]))
     dist.destroy_process_group()
 
 

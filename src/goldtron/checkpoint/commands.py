@@ -1,5 +1,6 @@
-"""`goldtron ckpt inspect DIR`, `goldtron ckpt export DIR --to torch OUT.pt` and
-`goldtron ckpt export DIR --to hf OUTDIR` (a Hugging Face GPT-2 folder).
+"""`goldtron ckpt inspect DIR`, `goldtron ckpt export DIR --to torch OUT.pt`,
+`goldtron ckpt export DIR --to hf OUTDIR` (a Hugging Face GPT-2 folder) and
+`goldtron ckpt export DIR --to megatron OUTDIR` (a Megatron-Core torch_dist save directory).
 
 Both read a checkpoint in this one process, whatever layout saved it (no torchrun needed).
 """
@@ -24,11 +25,12 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     export = sub.add_parser("export", help="write the checkpoint in another format")
     export.add_argument("dir", help="a --save directory or an iter_XXXXXXX folder")
-    export.add_argument("--to", required=True, choices=["torch", "hf"],
+    export.add_argument("--to", required=True, choices=["torch", "hf", "megatron"],
                         help="torch: one plain state dict file for torch.load; "
                              "hf: a Hugging Face GPT-2 folder (config.json, pytorch_model.bin) for "
-                             "transformers.GPT2LMHeadModel.from_pretrained")
-    export.add_argument("out", help="output file (torch) or folder (hf)")
+                             "transformers.GPT2LMHeadModel.from_pretrained; "
+                             "megatron: a Megatron-Core torch_dist save directory (Megatron-LM --load)")
+    export.add_argument("out", help="output file (torch) or folder (hf, megatron: must not exist)")
     return parser
 
 
@@ -109,6 +111,13 @@ def main(argv: list[str]) -> int:
             write_hf_folder(model_tensors(found), found.common, args.out)
             print(f"wrote {args.out} (iteration {found.common['iteration']}, Hugging Face GPT-2: config.json, "
                   "pytorch_model.bin)")
+            return 0
+        if args.to == "megatron":
+            from goldtron.checkpoint.megatron_export import export_megatron
+
+            path = export_megatron(found, args.out)
+            print(f"wrote {path} (iteration {found.common['iteration']}, Megatron-Core torch_dist: stacked layers, "
+                  "common.pt; RNG state not written)")
             return 0
         import torch
 

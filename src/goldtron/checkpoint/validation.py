@@ -18,6 +18,7 @@ from goldtron.checkpoint.layout import (
     BACKEND_METADATA, COMMON_NAME, DCP_METADATA_NAME, IN_PROGRESS_SUFFIX, METADATA_NAME, RELEASE, TRACKER_NAME,
     iteration_dir, tracker_path,
 )
+from goldtron.checkpoint.megatron_common import MEGATRON_COMMON_NAME
 from goldtron.checkpoint.safe_objects import load_object, read_dcp_metadata
 
 
@@ -28,6 +29,11 @@ class FoundCheckpoint:
     common: dict            # common.json (for a Megatron checkpoint: its fields, read from common.pt)
     dcp_metadata: Metadata  # what DCP saved: every key with its global size and chunks
     megatron: object = None  # megatron_format.MegatronCheckpoint when Megatron-Core wrote it
+
+    @property
+    def common_file(self) -> str:
+        """The file `common` was read from (common.json, or a Megatron checkpoint's common.pt)."""
+        return os.path.join(self.path, MEGATRON_COMMON_NAME if self.megatron is not None else COMMON_NAME)
 
 
 def _leftovers_only(entries: list[str]) -> bool:

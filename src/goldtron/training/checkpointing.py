@@ -260,7 +260,7 @@ class Checkpointer:
         if not fresh_start:
             parts.progress.load_state_dict(common)
             if load_optim:  # Megatron restores the schedule with the optimizer
-                restore_schedule(common["opt_param_scheduler"], parts.lr_schedule, a, found.path)
+                restore_schedule(common["opt_param_scheduler"], parts.lr_schedule, a, found.common_file)
         if a.load == a.save:
             self.last_saved_iteration = parts.progress.iteration
         self._log(f"  successfully loaded checkpoint from {a.load} at iteration {parts.progress.iteration} "
