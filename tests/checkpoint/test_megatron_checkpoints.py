@@ -23,6 +23,7 @@ import hashlib
 import importlib.util
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -37,11 +38,12 @@ if importlib.util.find_spec("psutil") is None:
     pytest.skip("Megatron-Core's torch_dist save needs psutil, which it does not declare", allow_module_level=True)
 
 from goldtron.checkpoint.commands import main as ckpt_main  # noqa: E402
+from goldtron.checkpoint.errors import CheckpointError  # noqa: E402
 from goldtron.checkpoint.export import open_checkpoint, plain_state_dict  # noqa: E402
 from support.metrics import relative  # noqa: E402
 from support.torchrun import NO_DROPOUT  # noqa: E402
 
-from checkpoint.ckpt_runs import goldtron_logits, layout_runs  # noqa: E402
+from checkpoint.ckpt_runs import goldtron_load, goldtron_logits, layout_runs, rewind  # noqa: E402
 
 MEGATRON_SIDE = Path(__file__).with_name("megatron_core_side.py")
 # 255 NullTokenizer ids + eod = 256 rows: no padding at TP1 or TP2, so Megatron's softmax and
@@ -167,7 +169,10 @@ def test_megatrons_logits_of_goldtrons_checkpoint_are_goldtrons(exported, one_ra
     tmp, out, _ = exported
     for layout, (source, _) in out.items():
         theirs = torch.load(str(tmp / f"megatron-loaded-{layout}.json.pt"))
-        ours = goldtron_logits(one_rank, model_flags(UNPADDED) + ["--train-iters", "3", "--load", str(source.parent)],
+        at_export = tmp / f"logits-{layout}"  # the save directory as it was at iteration 2 (it went on to 3)
+        shutil.copytree(source.parent, at_export)
+        rewind(at_export, 2)
+        ours = goldtron_logits(one_rank, model_flags(UNPADDED) + ["--train-iters", "3", "--load", str(at_export)],
                                theirs["tokens"])
         assert ours.abs().max() > 0.1  # not a degenerate model whose logits agree trivially
         # fp32 with different op orders; logits are O(1), measured within 1e-7 (module docstring).
@@ -190,24 +195,27 @@ def test_goldtron_to_megatron_to_goldtron_is_bitwise(exported, layout):
             assert torch.equal(after["optimizer"][kind][name], tensor), (kind, name)
 
 
+def test_export_of_a_megatron_checkpoint_is_refused_naming_it(runs, tmp_path, capsys):
+    """`ckpt export` converts goldtron checkpoints; a Megatron one (save directory or iteration
+    folder) is refused with the way to convert it, nothing written; `ckpt inspect` reads it."""
+    _, saved, _ = runs
+    folder = saved[UNPADDED][0]
+    for source in (folder, folder / "iter_0000001"):
+        assert ckpt_main(["export", str(source), "--to", "torch", str(tmp_path / "out.pt")]) == 2
+        error = capsys.readouterr().err
+        assert "is a Megatron-Core checkpoint" in error and "goldtron train --load" in error
+        assert str(folder / "iter_0000001") in error
+    assert not (tmp_path / "out.pt").exists()
+    assert ckpt_main(["inspect", str(folder)]) == 0
+    assert "iteration    1   consumed samples 8" in capsys.readouterr().out
+
+
 def _digest(folder: Path) -> dict[str, str]:
     return {str(p.relative_to(folder)): hashlib.sha256(p.read_bytes()).hexdigest()
             for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def _train_alone(flags: list[str]) -> subprocess.CompletedProcess:
-    from support.torchrun import TINY_MODEL
-
-    env = dict(os.environ, OMP_NUM_THREADS="1")
-    for name in ("RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR", "MASTER_PORT"):
-        env.pop(name, None)
-    return subprocess.run([sys.executable, "-m", "goldtron", "train", *TINY_MODEL, *flags], capture_output=True,
-                          text=True, timeout=120, env=env)
-
-
 def _damaged_copy(runs, name: str, damage) -> Path:
-    import shutil
-
     tmp, saved, _ = runs
     copy = tmp / f"bad-{name}"
     shutil.copytree(saved[UNPADDED][0], copy)
@@ -240,15 +248,17 @@ BAD_INPUTS = {
 
 
 @pytest.mark.parametrize("name", BAD_INPUTS)
-def test_bad_megatron_checkpoint_is_a_clear_error_and_nothing_is_overwritten(runs, name):
+def test_bad_megatron_checkpoint_is_a_clear_error_and_nothing_is_overwritten(runs, one_rank, name):
+    """Through goldtron's --load in this process (what `goldtron train` runs before any step; the
+    CLI prints a CheckpointError and exits 2, tests/checkpoint/test_bad_checkpoints.py)."""
     damage, flags, expected = BAD_INPUTS[name]
     checkpoint = _damaged_copy(runs, name, damage)
     before = _digest(checkpoint)
-    result = _train_alone(model_flags(UNPADDED) + ["--train-iters", "3", "--load", str(checkpoint),
-                                                    "--save", str(checkpoint), *flags])
-    assert result.returncode == 2, result.stderr[-2000:]
+    with pytest.raises(CheckpointError) as error:
+        goldtron_load(one_rank, model_flags(UNPADDED) + SCHEDULE + [
+            "--train-iters", "3", "--load", str(checkpoint), "--save", str(checkpoint), *flags])
     for text in expected:
-        assert text in result.stderr, (text, result.stderr[-2000:])
-    assert str(checkpoint) in result.stderr  # the file or folder is named
+        assert text in str(error.value), (text, str(error.value))
+    assert str(checkpoint) in str(error.value)  # the file or folder is named
     assert _digest(checkpoint) == before  # --save into the same folder: nothing written
     assert not (checkpoint / "iter_0000001" / "ran").exists()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from goldtron.checkpoint.common_state import describe_layout_record
@@ -54,6 +55,8 @@ def _describe(found) -> dict:
     return {
         "path": found.path, "iteration": common["iteration"], "consumed_samples": common["consumed_samples"],
         "layout": common["layout"], "goldtron_version": common.get("goldtron_version"),
+        "format": "goldtron" if found.megatron is None else "megatron-core",
+        "common_file": os.path.basename(found.common_file),
         "opt_param_scheduler": common["opt_param_scheduler"],
         "contents": {
             "model": {"tensors": len(model), "bytes": sum(e.nbytes for e in model),
@@ -74,7 +77,7 @@ def _print_text(d: dict) -> None:
     print(f"checkpoint   {d['path']}")
     print(f"iteration    {d['iteration']}   consumed samples {d['consumed_samples']}")
     print(f"saved under  {describe_layout_record(layout)} (world {layout['world_size']}), "
-          f"goldtron {d['goldtron_version']}")
+          + (f"goldtron {d['goldtron_version']}" if d["format"] == "goldtron" else "Megatron-Core"))
     print(f"model        {c['model']['tensors']} tensors, {c['model']['parameters']:,} parameters, "
           f"{_human_bytes(c['model']['bytes'])}")
     opt = c["optimizer"]
@@ -83,7 +86,7 @@ def _print_text(d: dict) -> None:
     sched = d["opt_param_scheduler"]
     print(f"lr schedule  {sched['lr_decay_style']} max {sched['max_lr']} min {sched['min_lr']} "
           f"at {sched['num_steps']} samples")
-    print(f"files        {d['files']} DCP data file(s) + .metadata, common.json, metadata.json")
+    print(f"files        {d['files']} DCP data file(s) + .metadata, {d['common_file']}, metadata.json")
     print("tensors:")
     width = max((len(t["key"]) for t in d["tensors"]), default=10)
     for t in d["tensors"]:
@@ -105,6 +108,11 @@ def main(argv: list[str]) -> int:
             else:
                 _print_text(description)
             return 0
+        if found.megatron is not None:
+            raise CheckpointError(
+                f"{found.path} is a Megatron-Core checkpoint; `goldtron ckpt export` writes goldtron checkpoints "
+                "in other formats. Load it with `goldtron train --load` (it reads Megatron's format) and export "
+                "the checkpoint that run saves")
         if args.to == "hf":
             from goldtron.checkpoint.hf_export import write_hf_folder
 
