@@ -69,6 +69,39 @@ def rewind(save_dir: Path, iteration: int) -> None:
     (save_dir / "latest_checkpointed_iteration.txt").write_text(f"{iteration}\n")
 
 
+def goldtron_load(ps, flags: list[str]):
+    """A model built from `flags` (TINY_MODEL first) and filled by goldtron's own `--load` of the
+    checkpoint the flags name, in this process on `ps`; raises what that load raises."""
+    from goldtron.arguments import parse_args
+    from goldtron.checkpoint.rng_state import RankRandomState
+    from goldtron.model.gpt import GPTStage
+    from goldtron.parallel.random import DropoutRNG
+    from goldtron.training import checkpointing
+    from goldtron.training.lr_schedule import LRSchedule
+    from goldtron.training.optimizer import build_optimizer
+    from goldtron.training.progress import TrainingProgress
+
+    args = parse_args(TINY_MODEL + flags)
+    rng = DropoutRNG(args.seed, 0, 0, ps.device)
+    model = GPTStage(args, ps, rng)
+    parts = checkpointing.CheckpointParts(model, build_optimizer(model, args, ps), LRSchedule.from_args(args),
+                                          TrainingProgress(), RankRandomState(rng))
+    checkpointing.build_checkpointer(args, ps, parts).load()
+    return model
+
+
+def goldtron_logits(ps, flags: list[str], tokens):
+    """goldtron's logits [b, s, real vocab] of the checkpoint `flags`' --load names, through
+    goldtron's own load (--finetune: the weights only) and forward, in this process on `ps`."""
+    import torch
+
+    model = goldtron_load(ps, flags + ["--finetune"])
+    model.eval()
+    with torch.no_grad():
+        positions = torch.arange(tokens.shape[1]).expand_as(tokens)
+        return model.output_layer(model(tokens, positions))
+
+
 def after(steps: list[dict], iteration: int) -> list[dict]:
     return [s for s in steps if s["iteration"] > iteration]
 

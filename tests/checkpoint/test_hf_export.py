@@ -14,17 +14,10 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from goldtron.arguments import parse_args
 from goldtron.checkpoint.commands import main as ckpt_main
 from goldtron.checkpoint.errors import CheckpointError
 from goldtron.checkpoint.hf_export import gpt2_config, head_major_qkv_to_gpt2, write_hf_folder
-from goldtron.checkpoint.rng_state import RankRandomState
-from goldtron.model.gpt import GPTStage
-from goldtron.parallel.random import DropoutRNG
-from goldtron.training import checkpointing
-from goldtron.training.lr_schedule import LRSchedule
-from goldtron.training.optimizer import build_optimizer
-from goldtron.training.progress import TrainingProgress
+from checkpoint.ckpt_runs import goldtron_logits
 from checkpoint.shared_saves import saved
 from support.torchrun import TINY_MODEL
 
@@ -85,20 +78,6 @@ def test_what_gpt2_cannot_express_is_refused(tmp_path, change, named):
     assert not (tmp_path / "hf").exists()  # refused before anything is written
 
 
-def _goldtron_logits(ps, save_dir, extra_flags, tokens) -> torch.Tensor:
-    """goldtron's logits [b, s, real vocab] from the checkpoint, through goldtron's own load."""
-    args = parse_args(TINY_MODEL + extra_flags + ["--train-iters", "6", "--load", str(save_dir), "--finetune"])
-    rng = DropoutRNG(args.seed, 0, 0, ps.device)
-    model = GPTStage(args, ps, rng)
-    parts = checkpointing.CheckpointParts(model, build_optimizer(model, args, ps), LRSchedule.from_args(args),
-                                          TrainingProgress(), RankRandomState(rng))
-    checkpointing.build_checkpointer(args, ps, parts).load()  # --finetune: the weights only
-    model.eval()
-    with torch.no_grad():
-        positions = torch.arange(tokens.shape[1]).expand_as(tokens)
-        return model.output_layer(model(tokens, positions))
-
-
 @pytest.mark.parametrize("tying", TIED_AND_UNTIED)
 def test_hf_gpt2_logits_equal_goldtrons(one_rank, shared_saves, tmp_path, tying):
     transformers = pytest.importorskip(
@@ -115,7 +94,7 @@ def test_hf_gpt2_logits_equal_goldtrons(one_rank, shared_saves, tmp_path, tying)
     tokens[0, -1] = REAL_VOCAB - 1  # the last (eod) row is exported too
     with torch.no_grad():
         hf_logits = hf_model(tokens).logits
-    ours = _goldtron_logits(one_rank, save_dir, flags, tokens)
+    ours = goldtron_logits(one_rank, flags + ["--train-iters", "6", "--load", str(save_dir)], tokens)
     assert hf_logits.shape == ours.shape == (2, SEQ, REAL_VOCAB)
     assert ours.abs().max() > 0.1  # not a degenerate model whose logits all agree trivially
     torch.testing.assert_close(hf_logits, ours, atol=LOGIT_ATOL, rtol=0)

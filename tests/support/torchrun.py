@@ -101,7 +101,9 @@ def train_batches_and_read(out_dir: Path, runs: dict[str, tuple[int, list[str]]]
         spec = out_dir / f"batch-{nproc}.json"
         spec.write_text(json.dumps({"runs": batch}))
         run_script(nproc, BATCH_WORKER, [str(spec)], timeout=60 + timeout_per_run * len(batch))
-    return {name: read_metrics_file(out_dir / name / "metrics.jsonl") for name in runs}
+    # A run that loads a checkpoint at its --train-iters takes no step (it only saves): no records.
+    return {name: read_metrics_file(path) if (path := out_dir / name / "metrics.jsonl").exists() else []
+            for name in runs}
 
 
 def batched_log(out_dir: Path, name: str) -> str:

@@ -1,5 +1,6 @@
-"""`goldtron ckpt inspect DIR`, `goldtron ckpt export DIR --to torch OUT.pt` and
-`goldtron ckpt export DIR --to hf OUTDIR` (a Hugging Face GPT-2 folder).
+"""`goldtron ckpt inspect DIR`, `goldtron ckpt export DIR --to torch OUT.pt`,
+`goldtron ckpt export DIR --to hf OUTDIR` (a Hugging Face GPT-2 folder) and
+`goldtron ckpt export DIR --to megatron OUTDIR` (a Megatron-Core torch_dist save directory).
 
 Both read a checkpoint in this one process, whatever layout saved it (no torchrun needed).
 """
@@ -8,6 +9,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 
 from goldtron.checkpoint.common_state import describe_layout_record
@@ -24,11 +26,12 @@ def _parser() -> argparse.ArgumentParser:
     inspect.add_argument("--json", action="store_true", help="print one JSON object instead of text")
     export = sub.add_parser("export", help="write the checkpoint in another format")
     export.add_argument("dir", help="a --save directory or an iter_XXXXXXX folder")
-    export.add_argument("--to", required=True, choices=["torch", "hf"],
+    export.add_argument("--to", required=True, choices=["torch", "hf", "megatron"],
                         help="torch: one plain state dict file for torch.load; "
                              "hf: a Hugging Face GPT-2 folder (config.json, pytorch_model.bin) for "
-                             "transformers.GPT2LMHeadModel.from_pretrained")
-    export.add_argument("out", help="output file (torch) or folder (hf)")
+                             "transformers.GPT2LMHeadModel.from_pretrained; "
+                             "megatron: a Megatron-Core torch_dist save directory (Megatron-LM --load)")
+    export.add_argument("out", help="output file (torch) or folder (hf, megatron: must not exist)")
     return parser
 
 
@@ -52,6 +55,8 @@ def _describe(found) -> dict:
     return {
         "path": found.path, "iteration": common["iteration"], "consumed_samples": common["consumed_samples"],
         "layout": common["layout"], "goldtron_version": common.get("goldtron_version"),
+        "format": "goldtron" if found.megatron is None else "megatron-core",
+        "common_file": os.path.basename(found.common_file),
         "opt_param_scheduler": common["opt_param_scheduler"],
         "contents": {
             "model": {"tensors": len(model), "bytes": sum(e.nbytes for e in model),
@@ -72,7 +77,7 @@ def _print_text(d: dict) -> None:
     print(f"checkpoint   {d['path']}")
     print(f"iteration    {d['iteration']}   consumed samples {d['consumed_samples']}")
     print(f"saved under  {describe_layout_record(layout)} (world {layout['world_size']}), "
-          f"goldtron {d['goldtron_version']}")
+          + (f"goldtron {d['goldtron_version']}" if d["format"] == "goldtron" else "Megatron-Core"))
     print(f"model        {c['model']['tensors']} tensors, {c['model']['parameters']:,} parameters, "
           f"{_human_bytes(c['model']['bytes'])}")
     opt = c["optimizer"]
@@ -81,7 +86,7 @@ def _print_text(d: dict) -> None:
     sched = d["opt_param_scheduler"]
     print(f"lr schedule  {sched['lr_decay_style']} max {sched['max_lr']} min {sched['min_lr']} "
           f"at {sched['num_steps']} samples")
-    print(f"files        {d['files']} DCP data file(s) + .metadata, common.json, metadata.json")
+    print(f"files        {d['files']} DCP data file(s) + .metadata, {d['common_file']}, metadata.json")
     print("tensors:")
     width = max((len(t["key"]) for t in d["tensors"]), default=10)
     for t in d["tensors"]:
@@ -103,12 +108,24 @@ def main(argv: list[str]) -> int:
             else:
                 _print_text(description)
             return 0
+        if found.megatron is not None:
+            raise CheckpointError(
+                f"{found.path} is a Megatron-Core checkpoint; `goldtron ckpt export` writes goldtron checkpoints "
+                "in other formats. Load it with `goldtron train --load` (it reads Megatron's format) and export "
+                "the checkpoint that run saves")
         if args.to == "hf":
             from goldtron.checkpoint.hf_export import write_hf_folder
 
             write_hf_folder(model_tensors(found), found.common, args.out)
             print(f"wrote {args.out} (iteration {found.common['iteration']}, Hugging Face GPT-2: config.json, "
                   "pytorch_model.bin)")
+            return 0
+        if args.to == "megatron":
+            from goldtron.checkpoint.megatron_export import export_megatron
+
+            path = export_megatron(found, args.out)
+            print(f"wrote {path} (iteration {found.common['iteration']}, Megatron-Core torch_dist: stacked layers, "
+                  "common.pt; RNG state not written)")
             return 0
         import torch
 

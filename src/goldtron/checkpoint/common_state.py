@@ -87,7 +87,7 @@ def describe_layout_record(layout: dict) -> str:
     return text
 
 
-def restore_schedule(saved: dict, lr_schedule, args, checkpoint_path: str) -> None:
+def restore_schedule(saved: dict, lr_schedule, args, common_file: str) -> None:
     """Megatron's rules: --override-opt_param-scheduler takes the settings from the flags,
     --use-checkpoint-opt_param-scheduler from the checkpoint, and with neither a difference is an
     error. The position in the schedule always comes from the checkpoint."""
@@ -96,7 +96,7 @@ def restore_schedule(saved: dict, lr_schedule, args, checkpoint_path: str) -> No
         for key, flag in SCHEDULE_SETTINGS.items():
             if current[key] != saved[key]:
                 raise CheckpointError(
-                    f"the LR schedule in {checkpoint_path}/common.json has {key}={saved[key]!r} but this run's "
+                    f"the LR schedule in {common_file} has {key}={saved[key]!r} but this run's "
                     f"{flag} gives {current[key]!r}. Add --use-checkpoint-opt_param-scheduler to keep the "
                     "checkpoint's schedule, or --override-opt_param-scheduler to take the flags'.")
     lr_schedule.load_state_dict(saved, use_checkpoint_values=args.use_checkpoint_opt_param_scheduler)

@@ -26,6 +26,11 @@ from goldtron.checkpoint.validation import FoundCheckpoint, find_checkpoint, val
 def open_checkpoint(path: str) -> FoundCheckpoint:
     """`path` is a save directory (the tracker picks the iteration) or one iter_XXXXXXX folder."""
     if os.path.exists(os.path.join(path, METADATA_NAME)):
+        from goldtron.checkpoint.megatron_format import is_megatron_checkpoint, validate_megatron_checkpoint_dir
+
+        if is_megatron_checkpoint(path):
+            common, metadata, megatron = validate_megatron_checkpoint_dir(path)
+            return FoundCheckpoint(path, common["iteration"], common, metadata, megatron)
         common, metadata = validate_checkpoint_dir(path)
         return FoundCheckpoint(path, common.get("iteration", "?"), common, metadata)
     found = find_checkpoint(path)

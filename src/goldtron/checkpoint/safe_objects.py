@@ -1,7 +1,8 @@
 """Read what a checkpoint holds as data only: nothing in a checkpoint file can run code.
 
 PyTorch DCP unpickles in two places. `.metadata` is a pickle of DCP's metadata classes; here it
-goes through an unpickler that can build only those classes, `torch.Size`, dtypes and layouts.
+goes through an unpickler that can build only those classes (and the save-plan classes
+Megatron-Core's planner adds), `torch.Size`, dtypes and layouts.
 Non-tensor values (goldtron's per-rank RNG state) are read by DCP's `DefaultLoadPlanner.load_bytes`
 with `torch.load(weights_only=False)`, which runs whatever the pickle asks; here they are read with
 `torch.load(weights_only=True)`, with only NumPy's array reconstruction allowed besides (the NumPy
@@ -31,6 +32,10 @@ _METADATA_GLOBALS = {
     *((_DCP, name) for name in ("Metadata", "MetadataIndex", "ChunkStorageMetadata", "TensorStorageMetadata",
                                 "BytesStorageMetadata", "TensorProperties", "StorageMeta", "_MEM_FORMAT_ENCODING")),
     ("torch.distributed.checkpoint.filesystem", "_StorageInfo"),
+    # Megatron-Core's torch_dist planner keeps its save plans in the metadata (to reuse them on the
+    # next save): DCP's plan dataclasses, data only.
+    *(("torch.distributed.checkpoint.planner", name) for name in ("SavePlan", "WriteItem", "WriteItemType",
+                                                                   "TensorWriteData", "BytesIOWriteData")),
     ("torch", "Size"), ("torch.serialization", "_get_layout"),
     ("pathlib", "PosixPath"), ("pathlib", "PurePosixPath"),
 }
@@ -110,7 +115,8 @@ class SafeFileSystemReader(FileSystemReader):
         return metadata
 
 
-def _numpy_array_globals() -> list:
+def numpy_array_globals() -> list:
+    """What NumPy arrays (the NumPy RNG state) need besides torch's weights_only defaults."""
     import numpy as np
 
     core = getattr(np, "_core", None) or np.core
@@ -122,10 +128,13 @@ def load_object(data: bytes | io.BytesIO, where: str):
     lists, tuples, dicts and NumPy arrays; a CheckpointError naming `where` for anything else."""
     stream = io.BytesIO(data) if isinstance(data, bytes) else data
     try:
-        with torch.serialization.safe_globals(_numpy_array_globals()):
+        with torch.serialization.safe_globals(numpy_array_globals()):
             return torch.load(stream, weights_only=True)
     except Exception as error:  # weights_only refusals are UnpicklingError; damage gives others
-        # torch's own message is a paragraph; the line that says which global was refused is the point.
-        lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
-        raise _refused(where, "holds an object that is not plain data",
-                       lines[0] if lines else f"{type(error).__name__}: {str(error)[:200]}") from None
+        raise _refused(where, "holds an object that is not plain data", refused_global_line(error)) from None
+
+
+def refused_global_line(error: BaseException) -> str:
+    """torch's weights_only refusal is a paragraph; the line that names the refused global is the point."""
+    lines = [line.strip() for line in str(error).splitlines() if "GLOBAL" in line or "Unsupported" in line]
+    return lines[0] if lines else f"{type(error).__name__}: {str(error)[:200]}"

@@ -18,6 +18,7 @@ from goldtron.checkpoint.layout import (
     BACKEND_METADATA, COMMON_NAME, DCP_METADATA_NAME, IN_PROGRESS_SUFFIX, METADATA_NAME, RELEASE, TRACKER_NAME,
     iteration_dir, tracker_path,
 )
+from goldtron.checkpoint.megatron_common import MEGATRON_COMMON_NAME
 from goldtron.checkpoint.safe_objects import load_object, read_dcp_metadata
 
 
@@ -25,8 +26,14 @@ from goldtron.checkpoint.safe_objects import load_object, read_dcp_metadata
 class FoundCheckpoint:
     path: str               # the iter_XXXXXXX (or release) folder
     iteration: int | str    # a number, or "release"
-    common: dict            # common.json
+    common: dict            # common.json (for a Megatron checkpoint: its fields, read from common.pt)
     dcp_metadata: Metadata  # what DCP saved: every key with its global size and chunks
+    megatron: object = None  # megatron_format.MegatronCheckpoint when Megatron-Core wrote it
+
+    @property
+    def common_file(self) -> str:
+        """The file `common` was read from (common.json, or a Megatron checkpoint's common.pt)."""
+        return os.path.join(self.path, MEGATRON_COMMON_NAME if self.megatron is not None else COMMON_NAME)
 
 
 def _leftovers_only(entries: list[str]) -> bool:
@@ -73,6 +80,10 @@ def find_checkpoint(root: str) -> FoundCheckpoint | None:
     if not os.path.isdir(path):
         raise CheckpointError(f"checkpoint tracker {tracker_path(root)} names iteration {iteration}, but {path} "
                               "does not exist; write an existing iteration into the tracker or restore that folder")
+    from goldtron.checkpoint.megatron_format import is_megatron_checkpoint, validate_megatron_checkpoint_dir
+
+    if is_megatron_checkpoint(path):
+        return FoundCheckpoint(path, iteration, *validate_megatron_checkpoint_dir(path))
     common, metadata = validate_checkpoint_dir(path)
     return FoundCheckpoint(path, iteration, common, metadata)
 
@@ -80,6 +91,32 @@ def find_checkpoint(root: str) -> FoundCheckpoint | None:
 def validate_checkpoint_dir(path: str) -> tuple[dict, Metadata]:
     """(common.json, DCP metadata) of a complete torch_dist checkpoint folder, or a CheckpointError
     naming the first missing, foreign or truncated file."""
+    read_backend_marker(path)
+    common_path = os.path.join(path, COMMON_NAME)
+    try:
+        common = json.load(open(common_path))
+    except (OSError, ValueError, RecursionError) as error:
+        raise CheckpointError(f"{common_path} is missing or unreadable ({error}); the checkpoint in {path} "
+                              "was not written by goldtron or is damaged") from error
+    check_common_state(common, common_path)
+    return common, read_whole_dcp_files(path)
+
+
+def read_whole_dcp_files(path: str) -> Metadata:
+    """DCP's metadata of `path`, after checking every data file it points into is there, long
+    enough, and every object in them reads as data."""
+    try:
+        metadata = read_dcp_metadata(path)
+    except OSError as error:
+        raise CheckpointError(f"{os.path.join(path, DCP_METADATA_NAME)} is missing or unreadable "
+                              f"({type(error).__name__}: {error}); the checkpoint in {path} is damaged") from error
+    check_shard_files(path, metadata)
+    check_objects(path, metadata)
+    return metadata
+
+
+def read_backend_marker(path: str) -> dict:
+    """metadata.json of a checkpoint folder, checked to say torch_dist (goldtron's and Megatron's alike)."""
     marker = os.path.join(path, METADATA_NAME)
     try:
         backend = json.load(open(marker))
@@ -94,24 +131,10 @@ def validate_checkpoint_dir(path: str) -> tuple[dict, Metadata]:
     if backend.get("sharded_backend") != BACKEND_METADATA["sharded_backend"]:
         raise CheckpointError(f"{marker} says sharded_backend={backend.get('sharded_backend')!r}; goldtron reads "
                               "only torch_dist checkpoints (--ckpt-format torch_dist)")
-    common_path = os.path.join(path, COMMON_NAME)
-    try:
-        common = json.load(open(common_path))
-    except (OSError, ValueError, RecursionError) as error:
-        raise CheckpointError(f"{common_path} is missing or unreadable ({error}); the checkpoint in {path} "
-                              "was not written by goldtron or is damaged") from error
-    check_common_state(common, common_path)
-    try:
-        metadata = read_dcp_metadata(path)
-    except OSError as error:
-        raise CheckpointError(f"{os.path.join(path, DCP_METADATA_NAME)} is missing or unreadable "
-                              f"({type(error).__name__}: {error}); the checkpoint in {path} is damaged") from error
-    _check_shard_files(path, metadata)
-    _check_objects(path, metadata)
-    return common, metadata
+    return backend
 
 
-def _check_shard_files(path: str, metadata: Metadata) -> None:
+def check_shard_files(path: str, metadata: Metadata) -> None:
     """Every data file DCP's metadata points into exists and is long enough for every item in it."""
     needed: dict[str, int] = {}
     for info in metadata.storage_data.values():
@@ -128,7 +151,7 @@ def _check_shard_files(path: str, metadata: Metadata) -> None:
                                   "Restore the file or resume from an earlier checkpoint (edit the tracker).")
 
 
-def _check_objects(path: str, metadata: Metadata) -> None:
+def check_objects(path: str, metadata: Metadata) -> None:
     """Every non-tensor value (the RNG states) reads as plain data, before any rank loads one: a
     crafted value is refused here on every rank alike, with the file named, and never executed."""
     wanted = {key for key, entry in metadata.state_dict_metadata.items() if isinstance(entry, BytesStorageMetadata)}

@@ -84,8 +84,12 @@ class _OutputLinear(torch.autograd.Function):
 class OutputLayer(nn.Module):
     """logits = X W_real^T, where W is this rank's vocab slice (tied to the word embedding or not).
 
-    Only the real (unpadded) rows enter the product: padded ids never get a logit, which is the
-    same as Megatron's logits masked to -inf, and keeps the loss independent of the padding.
+    Only the real (unpadded) rows enter the product: padded ids never get a logit, so the loss
+    does not depend on the padding. Megatron differs here: it masks nothing, so its padded rows
+    (initialised like every other row, then trained by the softmax's gradient, which pushes their
+    logits down) are logits in its softmax, and its loss depends on the padding. A Megatron
+    checkpoint run here gives the loss of its real rows alone (docs/checkpoints.md measures the
+    difference).
     """
 
     def __init__(self, weight: nn.Parameter, ps, compute_dtype: torch.dtype, defer_limit: int | None,

@@ -40,6 +40,8 @@ from goldtron.checkpoint.errors import CheckpointError, dcp_read_error
 from goldtron.checkpoint.global_shard import GlobalShardLoadPlanner
 from goldtron.checkpoint.key_check import check_keys, gather_wanted_keys
 from goldtron.checkpoint.layout import RELEASE
+from goldtron.checkpoint.megatron_format import check_megatron_architecture
+from goldtron.checkpoint.megatron_state import to_megatron_values
 from goldtron.checkpoint.model_state import (
     OPTIMIZER_PREFIX, has_optimizer_state, is_model_key, load_targets, model_and_optimizer_state,
     parameter_placements,
@@ -202,20 +204,31 @@ class Checkpointer:
             raise CheckpointError(f"{found.path} has no optimizer state (saved with --no-save-optim or before the "
                                   "first step); add --no-load-optim or --finetune to load the weights only")
         want_rng = not (a.no_load_rng or fresh_start)
+        megatron = found.megatron
+        if megatron is not None:
+            want_rng = False
+            self._log(f"{found.path} is a Megatron-Core checkpoint: its RNG state (CUDA generator states) is not "
+                      "carried over; random streams start from --seed, as Megatron does when the layout changes")
         if want_rng and not contents.get("rng"):
             raise CheckpointError(f"{found.path} has no RNG state (saved with --no-save-rng); "
                                   "add --no-load-rng or --finetune")
         load_rng = want_rng and same_layout(common, ps, a)
         if a.dist_ckpt_strictness != "ignore_all":
             check_architecture(common.get("args"), a, found.path)
+            if megatron is not None:
+                check_megatron_architecture(megatron, a, found.path)
         self._log(f"loading checkpoint from {a.load} at iteration {found.iteration}")
 
         placements = parameter_placements(parts.model, ps.tp_rank, ps.tp_size, a.real_vocab_size)
         targets = load_targets(placements, parts.optimizer if load_optim else None)
+        steps = {}
+        if megatron is not None:
+            targets, steps = to_megatron_values(targets, megatron.num_layers, megatron.vocab_rows)
         rng_key = rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)
-        # Only the kinds of state this load asked for can be "unexpected".
+        # Only the kinds of state this load asked for can be "unexpected" (Megatron's per-linear
+        # _extra_state objects hold nothing goldtron's layers have).
         comparable = {k for k in found.dcp_metadata.state_dict_metadata
-                      if is_model_key(k) or (load_optim and k.startswith(OPTIMIZER_PREFIX))}
+                      if (is_model_key(k) or (load_optim and k.startswith(OPTIMIZER_PREFIX))) and "_extra_state" not in k}
         skipped = check_keys(targets, gather_wanted_keys(set(targets), self.group), comparable, found.dcp_metadata,
                              a.dist_ckpt_strictness, found.path, self._log)
         for key in skipped:
@@ -229,6 +242,8 @@ class Checkpointer:
         except (Exception, CheckpointException) as error:  # DCP gathers every rank's failure, raised on all
             raise dcp_read_error(error, found.path) from error
 
+        for step in steps.values():  # Megatron keeps one Adam step for all parameters
+            step.fill_(megatron.common_step)
         if load_rng:
             try:
                 parts.rng.load_state_dict(targets[rng_key])
@@ -245,7 +260,7 @@ class Checkpointer:
         if not fresh_start:
             parts.progress.load_state_dict(common)
             if load_optim:  # Megatron restores the schedule with the optimizer
-                restore_schedule(common["opt_param_scheduler"], parts.lr_schedule, a, found.path)
+                restore_schedule(common["opt_param_scheduler"], parts.lr_schedule, a, found.common_file)
         if a.load == a.save:
             self.last_saved_iteration = parts.progress.iteration
         self._log(f"  successfully loaded checkpoint from {a.load} at iteration {parts.progress.iteration} "
