@@ -108,6 +108,14 @@ def after(steps: list[dict], iteration: int) -> list[dict]:
 
 
 
+def assert_resumed_bitwise(steps: list[dict], reference: list[dict], loaded_at: int, keys: tuple[str, ...],
+                           label: str = "") -> None:
+    """`steps`, a run resumed at `loaded_at`, are the reference run's later steps bit for bit."""
+    for ours, ref in zip(steps, after(reference, loaded_at), strict=True):
+        for key in keys:
+            assert ours[key] == ref[key], (label, ours["iteration"], key, ours[key], ref[key])
+
+
 def assert_continues_within(steps: list[dict], reference: list[dict], loaded_at: int, rtol: float,
                             keys: tuple[str, ...] = ("lm_loss", "grad_norm")) -> None:
     """`steps`, a run loaded at `loaded_at`, are the reference run's later steps within `rtol`."""
