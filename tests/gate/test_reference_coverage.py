@@ -27,6 +27,7 @@ ACCEPTED = {
     "gpt3_mcore_te_tp1_pp1_resume_torch_dist_dist_optimizer",
     "gpt3_mcore_te_tp1_pp1_resume_torch_dist_dist_optimizer_no_mmap_bin_files",
     "gpt3_mcore_te_tp1_pp1_resume_torch_dist_uniform_full_recompute_1node",
+    "gpt3_mcore_te_tp1_pp2_cp4_a2a_p2p_nondeterministic",
     "gpt3_mcore_te_tp1_pp2_resume_torch_dist_rope_embeddings",
     "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_calculate_per_token_loss_1node",
     "gpt3_mcore_te_tp1_pp4_vp1_resume_torch_dist_dist_optimizer_overlap_grad_reduce_1node",
@@ -35,14 +36,13 @@ ACCEPTED = {
     "gpt3_mcore_te_tp1_pp4_vp1_uneven_pipeline",
     "gpt3_mcore_te_tp1_pp4_vp2_account_for_embedding_loss_in_pipeline_split",
     "gpt3_mcore_te_tp1_pp4_frozen_resume_torch_dist_swiglu",
+    "gpt3_mcore_te_tp2_pp1_cp2_nondeterministic",
+    "gpt3_mcore_te_tp2_pp1_frozen_resume_torch_dist_cp2_nondeterministic",
     "gpt3_mcore_te_tp2_pp2_resume_torch_dist_defer_embedding_wgrad_compute",
     "gpt3_mcore_te_tp4_pp2_frozen_resume_torch_dist_reshard_8x1xNone",
 }
 # What the others still need, one feature each is enough to be refused.
 REFUSED_FOR = {
-    "gpt3_mcore_te_tp1_pp2_cp4_a2a_p2p_nondeterministic": "--context-parallel-size",
-    "gpt3_mcore_te_tp2_pp1_cp2_nondeterministic": "--context-parallel-size",
-    "gpt3_mcore_te_tp2_pp1_frozen_resume_torch_dist_cp2_nondeterministic": "--context-parallel-size",
     "gpt3_mcore_te_tp2_pp1_frozen_resume_torch_dist_te_8experts2parallel_dist_optimizer": "--num-experts",
     "gpt3_mcore_te_tp2_pp1_frozen_resume_torch_dist_te_8experts2parallel_groupedGEMM": "--num-experts",
 }
@@ -75,4 +75,6 @@ def test_accepted_reference_cases_keep_megatron_layout(name):
     args = parse_args(_trainer_argv(case), world_size=8, machine=DGX_NODE)
     assert args.tensor_model_parallel_size == case.int_arg("--tensor-model-parallel-size", 1)
     assert args.pipeline_model_parallel_size == case.int_arg("--pipeline-model-parallel-size", 1)
-    assert args.data_parallel_size == 8 // (args.tensor_model_parallel_size * args.pipeline_model_parallel_size)
+    assert args.context_parallel_size == case.int_arg("--context-parallel-size", 1)
+    assert args.data_parallel_size == 8 // (args.tensor_model_parallel_size * args.pipeline_model_parallel_size
+                                            * args.context_parallel_size)

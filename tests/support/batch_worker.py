@@ -31,9 +31,11 @@ from goldtron.training.metrics_file import MetricsFile
 def train_one(flags: list[str], metrics: str, groups: dict) -> None:
     args = parse_args(flags, world_size=dist.get_world_size())
     layout = (args.tensor_model_parallel_size, args.pipeline_model_parallel_size)
-    key = (*layout, args.use_tp_pp_dp_mapping)  # the rank order makes other groups of the same sizes
+    context = (args.context_parallel_size, tuple(args.hierarchical_context_parallel_sizes or ()))
+    key = (*layout, args.use_tp_pp_dp_mapping, *context)  # the rank order makes other groups of the same sizes
     if key not in groups:
-        groups[key] = ParallelState.create(*layout, torch.device("cpu"), "gloo", args.use_tp_pp_dp_mapping)
+        groups[key] = ParallelState.create(*layout, torch.device("cpu"), "gloo", args.use_tp_pp_dp_mapping,
+                                           context[0], list(context[1]))
     configure_torch(args)
     train_on(args, groups[key], torch.device("cpu"), MetricsFile(metrics))
 

@@ -344,9 +344,9 @@ def megatron_model_args_argv(model_config: Path) -> tuple[list[str], int]:
         for placeholder in ("TENSORBOARD_PATH", "CHECKPOINT_SAVE_PATH", "CHECKPOINT_LOAD_PATH", "DATA_PATH",
                             "DATA_CACHE_PATH"):
             text = text.replace("${" + placeholder + "}", f"/tmp/{placeholder.lower()}")
-        argv += [flag, text]
+        argv += [flag, *(text.split() or [text])]  # the shell's word splitting in Megatron's launcher
     world_size = int(model_args.get("--tensor-model-parallel-size", 1)) * int(
-        model_args.get("--pipeline-model-parallel-size", 1))
+        model_args.get("--pipeline-model-parallel-size", 1)) * int(model_args.get("--context-parallel-size", 1))
     return argv, world_size
 
 

@@ -88,4 +88,4 @@ def test_every_refused_case_is_refused_by_the_split_function_too():
 def test_flags_are_no_longer_refused_as_unimplemented():
     for flag in (FIRST, LAST, EMB, LOSS):
         assert describe_unimplemented(flag) is None, flag
-    assert describe_unimplemented("--context-parallel-size")  # the table still refuses what is not implemented
+    assert describe_unimplemented("--num-experts")  # the table still refuses what is not implemented

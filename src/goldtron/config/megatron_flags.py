@@ -139,9 +139,6 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
 
 # Megatron flag -> what it does there. Passing any of these is a ConfigError.
 UNIMPLEMENTED_FLAGS: dict[str, str] = {
-    "--context-parallel-size": "context parallelism",
-    "--cp-comm-type": "context parallelism",
-    "--hierarchical-context-parallel-sizes": "context parallelism",
     "--expert-model-parallel-size": "mixture of experts",
     "--expert-tensor-parallel-size": "mixture of experts",
     "--num-experts": "mixture of experts",

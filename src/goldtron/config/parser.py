@@ -126,6 +126,15 @@ def _add_parallel_flags(g) -> None:
     g.add_argument("--distributed-backend", default=None,
                    help="nccl or gloo; default nccl when CUDA is available, else gloo")
     g.add_argument("--distributed-timeout-minutes", type=int, default=10, help="collective timeout")
+    g.add_argument("--context-parallel-size", type=int, default=1,
+                   help="CP: ranks sharing each sequence, rank r holding chunks r and 2CP-1-r of 2 x CP "
+                        "(docs/context_parallel.md)")
+    g.add_argument("--cp-comm-type", nargs="+", default=["p2p"],
+                   help="how attention sees the other CP ranks' keys: p2p (ring), a2a (all-to-all over heads), "
+                        "allgather (all_gather), a2a+p2p (with --hierarchical-context-parallel-sizes); one value, "
+                        "or one per layer")
+    g.add_argument("--hierarchical-context-parallel-sizes", nargs="+", type=int, default=None,
+                   help="a2a+p2p: the sizes [a2a, p2p] of the CP group's two levels; their product is CP")
     g.add_argument("--use-tp-pp-dp-mapping", action="store_true",
                    help="rank order tp-pp-dp (pipeline ranks before data-parallel ones) instead of Megatron's "
                         "default tp-dp-pp: rank = tp + TP x (pp + PP x dp)")

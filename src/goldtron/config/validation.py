@@ -16,6 +16,7 @@ import math
 from dataclasses import dataclass
 
 from goldtron.config.errors import ConfigError
+from goldtron.config.context_parallel import context_parallel_problems
 from goldtron.config.virtual_pipeline import complete_microbatch_group, complete_virtual_stages
 from goldtron.data.tokenizer import vocab_size_of
 from goldtron.model.pipeline_split import PipelineSplit, describe_split, split_problems, virtual_stage_layer_counts
@@ -66,6 +67,8 @@ def validate_and_complete(args: argparse.Namespace, world_size: int, machine: Ma
 
     _complete_model_shape(args, problems)
     _complete_recompute(args, problems)
+    for message in context_parallel_problems(args):
+        problems.add(message)
     _complete_layout_and_batch(args, problems)
     _complete_training_length(args, problems)
     _complete_rerun_mode(args)
@@ -275,12 +278,14 @@ def _complete_rotary(args, problems: _Problems) -> None:
 
 
 def _complete_layout_and_batch(args, problems: _Problems) -> None:
-    tp, pp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size
-    model_parallel = tp * pp
+    tp, pp, cp = args.tensor_model_parallel_size, args.pipeline_model_parallel_size, args.context_parallel_size
+    model_parallel = tp * pp * cp
     if args.world_size % model_parallel:
-        problems.add(f"world size {args.world_size} is not TP x PP x DP: it is not divisible by "
-                     f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp} = {model_parallel}. "
-                     f"Launch a multiple of {model_parallel} processes (torchrun --nproc-per-node) or change TP/PP.")
+        named = f"--tensor-model-parallel-size {tp} x --pipeline-model-parallel-size {pp}" + \
+            (f" x --context-parallel-size {cp}" if cp > 1 else "")
+        problems.add(f"world size {args.world_size} is not TP x PP x {'CP x ' if cp > 1 else ''}DP: it is not "
+                     f"divisible by {named} = {model_parallel}. Launch a multiple of {model_parallel} processes "
+                     f"(torchrun --nproc-per-node) or change the sizes.")
         return
     dp = args.world_size // model_parallel
     args.data_parallel_size = dp

@@ -173,7 +173,9 @@ def fill_placeholders(text: str, values: dict[str, str], where: str) -> str:
 
 
 def model_args_to_argv(model_args: dict[str, Scalar], placeholders: dict[str, str], source: str) -> list[str]:
-    """MODEL_ARGS -> argv: `true` is a bare flag, `false`/null leave the flag out."""
+    """MODEL_ARGS -> argv: `true` is a bare flag, `false`/null leave the flag out. A value with spaces
+    is several words (`--hierarchical-context-parallel-sizes: 2 2`), as Megatron's test launcher's
+    shell splits it."""
     argv: list[str] = []
     for flag, value in model_args.items():
         if value is None or value is False:
@@ -181,7 +183,8 @@ def model_args_to_argv(model_args: dict[str, Scalar], placeholders: dict[str, st
         argv.append(flag)
         if value is True:
             continue
-        argv.append(fill_placeholders(_arg_text(value), placeholders, f"{source}: MODEL_ARGS.{flag}"))
+        text = fill_placeholders(_arg_text(value), placeholders, f"{source}: MODEL_ARGS.{flag}")
+        argv += text.split() or [text]
     return argv
 
 

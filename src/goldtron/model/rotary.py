@@ -72,6 +72,13 @@ class RotaryEmbedding(nn.Module):
             self._tables = cached = (angles.cos(), angles.sin())
         return cached
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        cos, sin = self._cos_sin(q.shape[-2], q.device)
+    def forward(self, q: torch.Tensor, k: torch.Tensor,
+                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """`positions`: the sequence positions of q's and k's rows (context parallelism holds two
+        chunks of the sequence); default 0..s-1."""
+        if positions is None:
+            cos, sin = self._cos_sin(q.shape[-2], q.device)
+        else:  # the rows of the whole sequence's table: the same angles as without the split
+            cos, sin = self._cos_sin(int(positions.max()) + 1, q.device)
+            cos, sin = cos[positions], sin[positions]
         return apply_rotary(q, cos, sin, self.interleaved), apply_rotary(k, cos, sin, self.interleaved)

@@ -4,7 +4,9 @@ Options (Megatron's flags): `--position-embedding-type rope` rotates q and k (mo
 `--swiglu` gates the MLP; `--disable-bias-linear` drops the biases of the four linears;
 `--group-query-attention --num-query-groups G` shares each key/value head among heads/G query heads
 (model/qkv_layout.py); `--qk-layernorm` normalizes each head's queries and keys;
-`--apply-query-key-layer-scaling` (model/qk_scaling.py); `--normalization RMSNorm` (model/layer_norm.py).
+`--apply-query-key-layer-scaling` (model/qk_scaling.py); `--normalization RMSNorm` (model/layer_norm.py);
+`--context-parallel-size` > 1: this rank's two chunks of the sequence, attention by --cp-comm-type
+(parallel/context_attention.py) and RoPE at the chunks' positions.
 
 Parameter names follow Megatron-Core's GPT (`self_attention.linear_qkv`, `mlp.linear_fc1`, ...)
 so checkpoints and logs read the same. Activations are [batch, seq, hidden].
@@ -24,6 +26,8 @@ from goldtron.model.layer_norm import make_norm
 from goldtron.model.qk_scaling import QueryKeyScaling
 from goldtron.model.qkv_layout import expand_key_value, qkv_full_weight, qkv_rows, split_qkv
 from goldtron.model.rotary import RotaryEmbedding
+from goldtron.parallel.context_attention import ContextParallelAttention
+from goldtron.parallel.context_parallel import rank_positions
 from goldtron.parallel.random import DropoutRNG, dropout, hidden_dropout_generator
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.tensor_parallel import ColumnParallelLinear, RowParallelLinear
@@ -68,6 +72,12 @@ class SelfAttention(nn.Module):
         self.rotary = None
         if args.position_embedding_type == "rope":
             self.rotary = RotaryEmbedding(args.rotary_dim, args.rotary_base, args.rotary_interleaved)
+        self.context_parallel = self.positions = None
+        if ps.cp_size > 1:
+            self.positions = rank_positions(args.seq_length, ps.cp_size, ps.cp_rank).to(ps.device)
+            self.context_parallel = ContextParallelAttention(
+                layer_comm_type(args, layer_number), ps, args.seq_length, self.heads_per_group,
+                self.scaling.score_scale * (self.scaling.layer_number or 1))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.linear_qkv(x)  # the whole sequence, also when x is a sequence-parallel part
@@ -76,8 +86,10 @@ class SelfAttention(nn.Module):
         if self.q_layernorm is not None:  # before RoPE, as Megatron-Core
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         if self.rotary is not None:
-            q, k = self.rotary(q, k)
-        if self.training and self.attention_dropout > 0 or self.scaling.layer_number is not None:
+            q, k = self.rotary(q, k, self.positions)
+        if self.context_parallel is not None:  # validation refused attention dropout here
+            context = self.run_core_attention(self.context_parallel, q, k, v, self.training)
+        elif self.training and self.attention_dropout > 0 or self.scaling.layer_number is not None:
             context = self.run_core_attention(self._attention_with_dropout, q, k, v, self.training)
         else:
             # Fused kernel: the same math (scaled, causal, softmax in fp32 internally).
@@ -100,6 +112,12 @@ class SelfAttention(nn.Module):
         # Inside the TP region: each rank drops its own heads with its own stream.
         probs = dropout(probs, self.attention_dropout, self.rng.tensor_parallel, self.training)
         return torch.matmul(probs, v)
+
+
+def layer_comm_type(args: Namespace, layer_number: int) -> str:
+    """--cp-comm-type: one value for every layer, or one per layer (Megatron's list form)."""
+    types = args.cp_comm_type
+    return types[0] if len(types) == 1 else types[layer_number - 1]
 
 
 class MLP(nn.Module):

@@ -181,3 +181,8 @@ def reduce_scatter_(output: torch.Tensor, flat: torch.Tensor, group, release: Ba
 def all_gather_flat_(output: torch.Tensor, shard: torch.Tensor, group, release: BackendRelease) -> torch.Tensor:
     """Concatenate every rank's `shard` (rank order) into `output`."""
     return _flat_collective(dist.all_gather_single, output, shard, group, release)
+
+
+def all_to_all_flat_(output: torch.Tensor, send: torch.Tensor, group, release: BackendRelease) -> torch.Tensor:
+    """Rank j gets the j-th 1/size of `send` (along dim 0) of every rank, in rank order, in `output`."""
+    return _flat_collective(dist.all_to_all_single, output, send, group, release)

@@ -25,6 +25,9 @@ class MicroBatch:
     labels: torch.Tensor
     loss_mask: torch.Tensor
     position_ids: torch.Tensor
+    # Under context parallelism the tensors are this CP rank's part; this counts the loss tokens
+    # of the whole micro-batch (all CP ranks' parts). None: the loss mask is the whole micro-batch.
+    whole_loss_tokens: float | None = None
 
 
 @dataclass
@@ -49,6 +52,7 @@ class _Tensors:
 class Schedule:
     def __init__(self, model, ps, p2p: PipelineP2P, trace: StepTrace | None = None,
                  microbatch_group_size: int | None = None, per_token_loss: bool = False):
+        """Gradients are averaged over the data x context-parallel group (`ps.dp_cp_size` ranks)."""
         self.model = model
         self.ps = ps
         self.p2p = p2p
@@ -77,7 +81,11 @@ class Schedule:
                 # step's token count (all micro-batches, all DP ranks) after the DP reduction.
                 return loss_sum
             # Megatron: each micro-batch's mean loss, scaled by 1/M so the step's gradient is the mean.
-            return loss_sum / num_tokens / num_micro_batches
+            if mb.whole_loss_tokens is None:
+                return loss_sum / num_tokens / num_micro_batches
+            # Context parallelism: this rank's part of the micro-batch's mean, times CP because the
+            # gradient reduction averages over the CP ranks too (their parts add up to the mean).
+            return loss_sum / mb.whole_loss_tokens * self.ps.cp_size / num_micro_batches
 
     def _backward(self, work: Work, stage_input, output, output_grad):
         with self.trace.span("backward", work.micro_batch, work.chunk):

@@ -85,8 +85,11 @@ def build_trainer(args, ps, device: torch.device, metrics_file=None):
     random_state = RankRandomState(rng)
     checkpointer = build_checkpointer(args, ps, CheckpointParts(model, optimizer, lr_schedule, progress,
                                                                 random_state))
-    # Between stages travels this rank's sequence part under --sequence-parallel (as in Megatron).
-    stage_seq = args.seq_length // ps.tp_size if args.sequence_parallel else args.seq_length
+    # Between stages travels this rank's sequence part: its CP part, and of that its TP part under
+    # --sequence-parallel (as in Megatron).
+    stage_seq = args.seq_length // ps.cp_size
+    if args.sequence_parallel:
+        stage_seq //= ps.tp_size
     p2p = PipelineP2P(ps, (args.micro_batch_size, stage_seq, args.hidden_size), args.params_dtype)
     schedule = Schedule(model, ps, p2p, microbatch_group_size=args.microbatch_group_size_per_vp_stage,
                         per_token_loss=args.calculate_per_token_loss)
@@ -105,7 +108,8 @@ def build_and_train(args) -> None:
     configure_torch(args)
     device = _init_distributed(args)
     ps = ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size, device,
-                              args.distributed_backend, args.use_tp_pp_dp_mapping)
+                              args.distributed_backend, args.use_tp_pp_dp_mapping, args.context_parallel_size,
+                              args.hierarchical_context_parallel_sizes)
     try:
         train_on(args, ps, device, MetricsFile(os.environ.get(METRICS_FILE_ENV)))
     finally:

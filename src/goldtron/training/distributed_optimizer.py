@@ -94,8 +94,8 @@ class DistributedOptimizer:
         self.ps = ps
         self.average = not args.calculate_per_token_loss  # per-token: the sum, divided by the step's tokens later
         shared = model.shared_embedding_weight()
-        multiple = bucket_size_multiple(ps.dp_size, args.ddp_pad_buckets_for_high_nccl_busbw)
-        self.buckets = [Bucket(params, ps.dp_size, ps.dp_rank, shared is not None and params[0] is shared, multiple)
+        multiple = bucket_size_multiple(ps.dp_cp_size, args.ddp_pad_buckets_for_high_nccl_busbw)
+        self.buckets = [Bucket(params, ps.dp_cp_size, ps.dp_cp_rank, shared is not None and params[0] is shared, multiple)
                         for params in self._bucket_members(model, args, ps, shared)]
         self.pieces = {id(piece.param): piece for b in self.buckets for piece in b.pieces}
         for piece in self.pieces.values():
@@ -125,7 +125,7 @@ class DistributedOptimizer:
         params = list(model.parameters())
         if args.overlap_grad_reduce:
             local = sum(p.numel() for p in params)
-            size = resolve_bucket_size(args, ps.dp_size, ps.pp_rank, local)
+            size = resolve_bucket_size(args, ps.dp_cp_size, ps.pp_rank, local)
             return bucket_parameters(params, size, alone=shared)
         rest = [p for p in params if p is not shared]
         return ([[shared]] if shared is not None else []) + [rest]
@@ -168,7 +168,7 @@ class DistributedOptimizer:
         """The bucket's owned, DP-summed gradients: the mean (unless per-token), then the embedding group's sum."""
         ps = self.ps
         if self.average:
-            shard.div_(ps.dp_size)
+            shard.div_(ps.dp_cp_size)
         if bucket.reduce_over_embedding:
             all_reduce_(shard, ps.embedding_group, ps.backend_release)
         bucket.grad_shard = shard
@@ -177,7 +177,7 @@ class DistributedOptimizer:
 
     def _launch_reduce(self, b: int) -> None:
         bucket, ps = self.buckets[b], self.ps
-        reduce_scatter = partial(dist.reduce_scatter_single, group=ps.dp_group, async_op=True)
+        reduce_scatter = partial(dist.reduce_scatter_single, group=ps.dp_cp_group, async_op=True)
         self.pending_reduces[b] = PendingCollective(
             reduce_scatter, [torch.empty(bucket.shard_size, dtype=torch.float32, device=ps.device),
                              self._flat_gradients(bucket)], ps.backend_release)
@@ -202,7 +202,7 @@ class DistributedOptimizer:
         for bucket in self.buckets:
             flat = self._flat_gradients(bucket)
             shard = torch.empty(bucket.shard_size, dtype=torch.float32, device=ps.device)
-            reduce_scatter_(shard, flat, ps.dp_group, ps.backend_release)
+            reduce_scatter_(shard, flat, ps.dp_cp_group, ps.backend_release)
             del flat
             self._receive_shard(bucket, shard)
 
@@ -237,7 +237,7 @@ class DistributedOptimizer:
         for bucket in self.buckets:
             shard = self._owned_shard(bucket)
             full = torch.empty(bucket.size, dtype=torch.float32, device=ps.device)
-            all_gather_flat_(full, shard, ps.dp_group, ps.backend_release)
+            all_gather_flat_(full, shard, ps.dp_cp_group, ps.backend_release)
             del shard
             self._write_parameters(bucket, full)
 
@@ -254,7 +254,7 @@ class DistributedOptimizer:
 
     def _launch_gather(self, b: int) -> PendingCollective:
         bucket, ps = self.buckets[b], self.ps
-        all_gather = partial(dist.all_gather_single, group=ps.dp_group, async_op=True)
+        all_gather = partial(dist.all_gather_single, group=ps.dp_cp_group, async_op=True)
         return PendingCollective(all_gather, [torch.empty(bucket.size, dtype=torch.float32, device=ps.device),
                                               self._owned_shard(bucket)], ps.backend_release)
 

@@ -1,6 +1,6 @@
 """After the last backward of a step: make gradients final, then measure and clip them.
 
-Order as Megatron: DP all-reduce (mean), then the embedding-group all-reduce (the tied word
+Order as Megatron: DP all-reduce (mean; over DP x CP under context parallelism), then the embedding-group all-reduce (the tied word
 embedding and its last-stage copy get the summed gradient), then the global norm and clipping.
 
 What counts in norms and num-zeros (each element exactly once across the model-parallel group):
@@ -42,7 +42,7 @@ def counted_views(params: list[torch.nn.Parameter], ps: ParallelState, use_grad:
 
 def reduce_gradients(params: list[torch.nn.Parameter], ps: ParallelState, shared_embedding, average: bool = True,
                      dp_reduce=None) -> None:
-    """DP all-reduce (the mean, or the sum when not `average`: --calculate-per-token-loss divides by
+    """DP (x CP) all-reduce (the mean, or the sum when not `average`: --calculate-per-token-loss divides by
     the step's tokens instead), then the embedding group's. `dp_reduce`: an OverlappedAllReduce
     whose buckets are already under way (--overlap-grad-reduce), finished here instead."""
     for p in params:
@@ -50,22 +50,22 @@ def reduce_gradients(params: list[torch.nn.Parameter], ps: ParallelState, shared
             p.grad = torch.zeros_like(p)
     if dp_reduce is not None:
         dp_reduce.finish()
-    elif ps.dp_size > 1:
+    elif ps.dp_cp_size > 1:
         grads = [p.grad for p in params]
-        all_reduce_flat_(grads, ps.dp_group, ps.backend_release)
+        all_reduce_flat_(grads, ps.dp_cp_group, ps.backend_release)
         if average:
             for g in grads:
-                g.div_(ps.dp_size)
+                g.div_(ps.dp_cp_size)
     if shared_embedding is not None:
         all_reduce_(shared_embedding.grad, ps.embedding_group, ps.backend_release)
 
 
 def step_token_count(micro_batches, ps: ParallelState) -> float:
-    """--calculate-per-token-loss: the loss tokens of the whole step, summed over DP. Every rank
+    """--calculate-per-token-loss: the loss tokens of the whole step, summed over DP x CP. Every rank
     loads its micro-batches' loss masks, so no broadcast from the last stage is needed (Megatron's)."""
     local = sum(float(mb.loss_mask.sum()) for mb in micro_batches)
     total = torch.tensor([local], dtype=torch.float64, device=ps.device)
-    all_reduce_(total, ps.dp_group, ps.backend_release)
+    all_reduce_(total, ps.dp_cp_group, ps.backend_release)
     return float(total)
 
 

@@ -12,6 +12,7 @@ import torch
 from goldtron import trainer_contract as tags
 from goldtron.data.sampler import collate, micro_batch_sample_indices
 from goldtron.parallel.collectives import all_gather_, all_reduce_
+from goldtron.parallel.context_parallel import micro_batch_part
 from goldtron.parallel.schedule import MicroBatch, Schedule, StepLoss
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.trace import KINDS, StepTrace, append_step
@@ -71,7 +72,8 @@ class Trainer:
                                                   a.num_micro_batches):
             tokens, labels, loss_mask, position_ids = collate([dataset[i] for i in indices])
             dev = self.ps.device
-            batches.append(MicroBatch(tokens.to(dev), labels.to(dev), loss_mask.to(dev), position_ids.to(dev)))
+            whole = MicroBatch(tokens.to(dev), labels.to(dev), loss_mask.to(dev), position_ids.to(dev))
+            batches.append(micro_batch_part(whole, self.ps.cp_size, self.ps.cp_rank))
         return batches
 
     # ---- one step --------------------------------------------------------------------------
@@ -141,10 +143,10 @@ class Trainer:
         return grads.global_norm(views, self.ps, self.optimizer.norm_group)
 
     def _reduce_loss(self, step_loss: StepLoss) -> float:
-        """Token-weighted mean over the step's micro-batches and DP ranks (last stage has it)."""
+        """Token-weighted mean over the step's micro-batches and DP x CP ranks (last stage has it)."""
         pair = torch.tensor([step_loss.loss_sum, step_loss.num_tokens], dtype=torch.float64, device=self.ps.device)
         if self.ps.is_last_stage:
-            all_reduce_(pair, self.ps.dp_group, self.ps.backend_release)
+            all_reduce_(pair, self.ps.dp_cp_group, self.ps.backend_release)
         return float(pair[0] / pair[1]) if pair[1] > 0 else float("nan")
 
     # ---- evaluation ------------------------------------------------------------------------

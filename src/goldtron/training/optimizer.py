@@ -57,7 +57,7 @@ def build_optimizer(model: torch.nn.Module, args: Namespace, ps: ParallelState) 
     """AdamW over the model; with --use-distributed-optimizer and DP > 1 the sharded one
     (training/distributed_optimizer.py). With DP = 1 there is nothing to shard: the flag then
     gives the plain AdamW, bit for bit."""
-    if args.use_distributed_optimizer and ps.dp_size > 1:
+    if args.use_distributed_optimizer and ps.dp_cp_size > 1:
         from goldtron.training.distributed_optimizer import DistributedOptimizer
         return DistributedOptimizer(model, args, ps, lambda owned: adamw(owned, args))
     return ReplicatedOptimizer(model, args, ps)
@@ -88,7 +88,7 @@ class ReplicatedOptimizer:
         self.average = not args.calculate_per_token_loss
         # With DP 1 there is no DP reduction to overlap: the plain path, bit for bit.
         self.overlapped = None
-        if args.overlap_grad_reduce and ps.dp_size > 1:
+        if args.overlap_grad_reduce and ps.dp_cp_size > 1:
             from goldtron.training.overlapped_all_reduce import OverlappedAllReduce
             self.overlapped = OverlappedAllReduce(model, args, ps, self.average)
 

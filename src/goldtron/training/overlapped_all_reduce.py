@@ -27,7 +27,7 @@ class OverlappedAllReduce:
         self.ps = ps
         self.average = average  # divide by DP (not with --calculate-per-token-loss)
         params = list(model.parameters())
-        size = resolve_bucket_size(args, ps.dp_size, ps.pp_rank, sum(p.numel() for p in params))
+        size = resolve_bucket_size(args, ps.dp_cp_size, ps.pp_rank, sum(p.numel() for p in params))
         self.buckets = bucket_parameters(params, size)
         self.pending: dict[int, PendingCollective] = {}
         # --no-align-grad-reduce: later stages too launch from backward (Megatron: with the default,
@@ -41,7 +41,7 @@ class OverlappedAllReduce:
 
     def _launch(self, b: int) -> None:
         grads = [p.grad if p.grad is not None else torch.zeros_like(p) for p in self.buckets[b]]
-        all_reduce = partial(dist.all_reduce, group=self.ps.dp_group, async_op=True)
+        all_reduce = partial(dist.all_reduce, group=self.ps.dp_cp_group, async_op=True)
         self.pending[b] = PendingCollective(all_reduce, [torch.cat([g.reshape(-1) for g in grads])],
                                             self.ps.backend_release)
 
@@ -59,5 +59,5 @@ class OverlappedAllReduce:
                 else:
                     p.grad.copy_(summed)
                 if self.average:
-                    p.grad.div_(self.ps.dp_size)
+                    p.grad.div_(self.ps.dp_cp_size)
                 offset += n
