@@ -27,6 +27,8 @@ BAD_INPUTS = {
                                             ["--lr-warmup-samples", "expected iteration-based learning rate"]),
     "sequence vs TP under sequence parallelism": (2, layout_flags(2, 1) + ["--sequence-parallel", "--seq-length", "31"],
                                                   ["--sequence-parallel", "--seq-length 31", "multiple of 2"]),
+    "sequence vs context-parallel chunks": (2, ["--context-parallel-size", "2", "--seq-length", "30"],
+                                            ["--seq-length 30", "2 x --context-parallel-size 2 = 4"]),
 }
 
 

@@ -33,12 +33,15 @@ def build_common_state(progress: dict, lr_schedule: dict, ps, args, has_optimize
 
 
 def layout_record(ps, args) -> dict:
-    """The layout a run trains under: TP, PP, DP, the transformer layers of each pipeline stage and,
-    with an interleaved pipeline, the model chunks per rank and the layers of each virtual stage."""
+    """The layout a run trains under: TP, PP, DP (and CP when > 1), the transformer layers of each
+    pipeline stage and, with an interleaved pipeline, the model chunks per rank and the layers of each
+    virtual stage."""
     split = PipelineSplit.from_args(args)
     record = {"tensor_model_parallel_size": ps.tp_size, "pipeline_model_parallel_size": ps.pp_size,
               "data_parallel_size": ps.dp_size, "world_size": ps.world_size,
               "pipeline_stage_layers": stage_layer_counts(split)}
+    if ps.cp_size > 1:  # absent means 1: checkpoints from before context parallelism read the same
+        record["context_parallel_size"] = ps.cp_size
     if split.virtual_stages > 1:
         record["virtual_pipeline_model_parallel_size"] = split.virtual_stages
         record["virtual_stage_layers"] = virtual_stage_layer_counts(split)
@@ -46,11 +49,11 @@ def layout_record(ps, args) -> dict:
 
 
 def same_layout(common: dict, ps, args) -> bool:
-    """Same TP, PP, DP and the same layers on each stage: each rank's random streams then drew for
+    """Same TP, PP, DP, CP and the same layers on each stage: each rank's random streams then drew for
     the same layers, so restoring them continues the run exactly."""
     saved = common["layout"]
-    if (saved["tensor_model_parallel_size"], saved["pipeline_model_parallel_size"],
-            saved["data_parallel_size"]) != (ps.tp_size, ps.pp_size, ps.dp_size):
+    if (saved["tensor_model_parallel_size"], saved["pipeline_model_parallel_size"], saved["data_parallel_size"],
+            saved.get("context_parallel_size", 1)) != (ps.tp_size, ps.pp_size, ps.dp_size, ps.cp_size):
         return False
     saved_stages = saved.get("pipeline_stage_layers") or _even_stages(common, saved)
     split = PipelineSplit.from_args(args)
@@ -77,6 +80,8 @@ def describe_layout_record(layout: dict) -> str:
     """'TP2 x PP2 x DP1', with the layers per stage when the split is uneven."""
     text = describe_layout(layout["tensor_model_parallel_size"], layout["pipeline_model_parallel_size"],
                            layout["data_parallel_size"])
+    if layout.get("context_parallel_size", 1) > 1:
+        text += f" x CP{layout['context_parallel_size']}"
     stages = layout.get("pipeline_stage_layers")
     chunks = layout.get("virtual_stage_layers")
     if chunks:

@@ -1,6 +1,6 @@
 """Every random stream a rank draws from, captured and restored exactly (exact resume needs them).
 
-One value per rank, keyed by its (pp, tp, dp) coordinates, as Megatron keeps RNG per rank: the
+One value per rank, keyed by its (pp, tp, dp) coordinates (and cp under context parallelism), as Megatron keeps RNG per rank: the
 default generators are seeded per pipeline stage and the tensor-parallel dropout stream per TP
 rank. They only mean something to the same rank of the same layout, so a run with another
 layout does not restore them (the caller says so in a log line).
@@ -17,8 +17,10 @@ from goldtron.checkpoint.model_state import RNG_PREFIX
 from goldtron.parallel.random import DropoutRNG
 
 
-def rng_key(pp_rank: int, tp_rank: int, dp_rank: int) -> str:
-    return f"{RNG_PREFIX}pp{pp_rank}.tp{tp_rank}.dp{dp_rank}"
+def rng_key(ps) -> str:
+    """This rank's key; the CP coordinate only under context parallelism (older checkpoints have none)."""
+    key = f"{RNG_PREFIX}pp{ps.pp_rank}.tp{ps.tp_rank}.dp{ps.dp_rank}"
+    return key + f".cp{ps.cp_rank}" if ps.cp_size > 1 else key
 
 
 def capture(dropout_rng: DropoutRNG) -> dict:

@@ -98,7 +98,8 @@ class Checkpointer:
 
     def _coordinates(self) -> str:
         ps = self.ps
-        return f"[ t {ps.tp_rank + 1}/{ps.tp_size}, p {ps.pp_rank + 1}/{ps.pp_size}, d {ps.dp_rank + 1}/{ps.dp_size} ]"
+        cp = f", c {ps.cp_rank + 1}/{ps.cp_size}" if ps.cp_size > 1 else ""
+        return f"[ t {ps.tp_rank + 1}/{ps.tp_size}, p {ps.pp_rank + 1}/{ps.pp_size}, d {ps.dp_rank + 1}/{ps.dp_size}{cp} ]"
 
     # ---- save --------------------------------------------------------------------------------
     def after_step(self) -> None:
@@ -122,7 +123,7 @@ class Checkpointer:
         # Small state is taken now, whatever the mode: RNG streams and counters move every step.
         extra = {}
         if not a.no_save_rng:
-            extra[rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)] = parts.rng.state_dict()
+            extra[rng_state.rng_key(ps)] = parts.rng.state_dict()
         common = build_common_state(parts.progress.state_dict(), parts.lr_schedule.state_dict(), ps, a,
                                     with_optimizer, not a.no_save_rng)
         self._log(f"saving checkpoint at iteration {iteration:7d} to {a.save} in torch_dist format")
@@ -224,7 +225,7 @@ class Checkpointer:
         steps = {}
         if megatron is not None:
             targets, steps = to_megatron_values(targets, megatron.num_layers, megatron.vocab_rows)
-        rng_key = rng_state.rng_key(ps.pp_rank, ps.tp_rank, ps.dp_rank)
+        rng_key = rng_state.rng_key(ps)
         # Only the kinds of state this load asked for can be "unexpected" (Megatron's per-linear
         # _extra_state objects hold nothing goldtron's layers have).
         comparable = {k for k in found.dcp_metadata.state_dict_metadata
