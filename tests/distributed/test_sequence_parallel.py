@@ -7,7 +7,7 @@ Each run is built from its own flags:
   recomputation, save at 3);
 - in the session's shared 4-rank launches (support/shared_runs.py): TP4 + SP; TP2 x PP2 + SP with
   deferral (limit 2) and full recomputation; TP2 x DP2 + SP with the distributed optimizer and both
-  overlaps.
+  overlaps; TP2 x PP2 with the interleaved pipeline (VP2) + SP.
 The resume's second half loads in a launch of its own (a save and the load that checks it never
 share processes). Layout equality: 1e-5 relative (support/metrics.py says why).
 """
@@ -35,6 +35,8 @@ SHARED_RUNS = {
                                            + DEFERRAL + FULL_RECOMPUTE),
     "TP2xDP2+SP distributed optimizer overlap": (4, TINY_MODEL + NO_DROPOUT + TEN_STEPS + layout_flags(2, 1) + SP
                                                  + DISTRIBUTED_OPTIMIZER),
+    "TP2xPP2xVP2+SP": (4, TINY_MODEL + NO_DROPOUT + TEN_STEPS + layout_flags(2, 2) + SP
+                       + ["--num-virtual-stages-per-pipeline-rank", "2"]),
 }
 EQUAL_TO_ONE_PROCESS = [*OWN_LAUNCH, *SHARED_RUNS]
 MEMORY_STEPS = 3

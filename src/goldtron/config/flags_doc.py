@@ -51,6 +51,9 @@ This file is generated: `python -m goldtron.config.flags_doc > docs/flags.md`.
 - `--cuda-graph-impl` other than `none` is an error (on a CPU: no CUDA device to capture graphs on).
 - `--sequence-parallel` is switched off at TP 1 with Megatron's warning, as Megatron does; above
   it the sequence length must divide by TP ([sequence_parallel.md](sequence_parallel.md)).
+- `--context-parallel-size` needs a sequence length divisible by 2 x CP; `--cp-comm-type` a2a needs
+  heads / TP divisible by CP, a2a+p2p two `--hierarchical-context-parallel-sizes` multiplying to CP;
+  attention dropout is refused under CP ([context_parallel.md](context_parallel.md)).
 
 ## Derived fields
 

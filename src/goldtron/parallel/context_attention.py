@@ -207,7 +207,8 @@ def _plan(comm_type: str, ps: ParallelState, seq_length: int) -> _Plan:
     cp_ranks = ps.cp_ranks
 
     def positions_of(members: list[int]) -> torch.Tensor:
-        return torch.cat([rank_positions(seq_length, ps.cp_size, cp_ranks.index(m)) for m in members])
+        positions = [rank_positions(seq_length, ps.cp_size, cp_ranks.index(m)) for m in members]
+        return torch.cat(positions).to(ps.device)  # the masks are made beside the scores
 
     if comm_type in ("allgather", "all_gather"):
         return _Plan(None, None, ps.cp_group, positions_of([ps.rank]), [positions_of(cp_ranks)])
