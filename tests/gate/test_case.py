@@ -200,3 +200,15 @@ def test_a_launch_that_cannot_form_the_layout_is_refused_before_it_starts(tmp_pa
     assert commands.test_main([str(case_dir), "--output-dir", str(tmp_path / "out")]) == 2
     assert "multiple of 4" in capsys.readouterr().err
     assert not (tmp_path / "out" / "repeat_1").exists()
+
+
+def test_a_folder_of_links_to_cases_finds_each_case_once(tmp_path):
+    """A suite made of symbolic links to chosen case folders finds them (os.walk follows the links),
+    and a link back up the tree is not walked round and round."""
+    chosen = sorted(find_cases(reference_dir()))[:2]
+    suite = tmp_path / "suite"
+    suite.mkdir()
+    for case_dir in chosen:
+        (suite / case_dir.name).symlink_to(case_dir, target_is_directory=True)
+    (suite / "loop").symlink_to(suite, target_is_directory=True)
+    assert [p.name for p in find_cases(suite)] == [p.name for p in chosen]

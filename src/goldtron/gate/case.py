@@ -21,6 +21,8 @@ A MODEL_ARGS value of `null` (in an override) removes the flag; `false` leaves i
 
 from __future__ import annotations
 
+import os
+
 import math
 import re
 from dataclasses import dataclass, field
@@ -352,6 +354,16 @@ def load_case(case_dir: Path) -> Case:
 
 
 def find_cases(root: Path) -> list[Path]:
-    """Every folder under `root` (itself included) that holds a model_config.yaml."""
-    root = Path(root)
-    return sorted(config.parent for config in root.rglob(CONFIG_NAME))
+    """Every folder under `root` (itself included) that holds a model_config.yaml, following
+    symbolic links to folders (a folder of links to chosen cases is a suite); a link back to a
+    folder already walked is not walked again."""
+    found, seen = [], set()
+    for folder, subfolders, files in os.walk(Path(root), followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            subfolders[:] = []
+            continue
+        seen.add(real)
+        if CONFIG_NAME in files:
+            found.append(Path(folder))
+    return sorted(found)
