@@ -4,7 +4,7 @@ with every --cp-comm-type, activation bytes per rank that fall with CP, and resu
 The runs:
 - in the session's shared launches (support/shared_runs.py): CP2 and CP4 with each of p2p, a2a and
   allgather; a2a+p2p with hierarchical sizes [2, 2]; CP2 x TP2 + SP (p2p, and a2a over TP2's two
-  local heads); CP2 x PP2 with deferral; CP2 x DP2 with the distributed optimizer and both
+  local heads); CP2 x PP2 with deferral and full recomputation (the ring runs again in backward); CP2 x DP2 with the distributed optimizer and both
   overlaps; RoPE with GQA under p2p, and under a2a with fewer key/value groups than CP ranks;
 - one 4-rank launch of this file: CP4, CP2 x DP2 and DP4 counting memory, and the first half of the
   resume check (CP2 x DP2 with the distributed optimizer, RoPE, selective recomputation, save at 3);
@@ -23,6 +23,7 @@ TEN_STEPS = TINY_MODEL + NO_DROPOUT + ["--train-iters", "10"]
 SP = ["--sequence-parallel"]
 ROPE_GQA = ["--position-embedding-type", "rope", "--group-query-attention", "--num-query-groups", "2"]
 DEFERRAL = ["--defer-embedding-wgrad-compute", "--wgrad-deferral-limit", "2"]
+FULL_RECOMPUTE = ["--recompute-granularity", "full", "--recompute-method", "uniform", "--recompute-num-layers", "1"]
 DISTRIBUTED_OPTIMIZER = ["--use-distributed-optimizer", "--overlap-grad-reduce", "--overlap-param-gather",
                          "--ddp-bucket-size", "20000"]
 MEMORY = ["--log-memory-to-tensorboard"]
@@ -38,7 +39,7 @@ SHARED_RUNS = {
     "CP4 a2a+p2p [2, 2]": (4, TEN_STEPS + HIERARCHICAL),
     "CP2xTP2+SP p2p": (4, TEN_STEPS + cp(2) + layout_flags(2, 1) + SP),
     "CP2xTP2+SP a2a": (4, TEN_STEPS + cp(2, "a2a") + layout_flags(2, 1) + SP),
-    "CP2xPP2 deferral": (4, TEN_STEPS + cp(2) + layout_flags(1, 2) + DEFERRAL),
+    "CP2xPP2 deferral full recompute": (4, TEN_STEPS + cp(2) + layout_flags(1, 2) + DEFERRAL + FULL_RECOMPUTE),
     "CP2xDP2 distributed optimizer overlap": (4, TEN_STEPS + cp(2) + DISTRIBUTED_OPTIMIZER),
     "CP2 RoPE GQA p2p": (2, TEN_STEPS + ROPE_GQA + cp(2)),
     "CP4 RoPE GQA a2a (2 groups, 4 ranks)": (4, TEN_STEPS + ROPE_GQA + cp(4, "a2a")),

@@ -46,6 +46,8 @@ LAYOUTS = {  # name: (processes, flags)
     "PP2": (2, PER_TOKEN + layout_flags(1, 2)),
     "DP2 distopt": (2, PER_TOKEN + ["--use-distributed-optimizer"]),
     "DP2 overlap": (2, PER_TOKEN + ["--overlap-grad-reduce", "--ddp-bucket-size", "20000"]),
+    # Context parallelism: each rank's loss sum over its chunks, tokens counted over DP x CP.
+    "CP2": (2, PER_TOKEN + ["--context-parallel-size", "2"]),
 }
 
 
