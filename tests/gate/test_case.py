@@ -212,3 +212,10 @@ def test_a_folder_of_links_to_cases_finds_each_case_once(tmp_path):
         (suite / case_dir.name).symlink_to(case_dir, target_is_directory=True)
     (suite / "loop").symlink_to(suite, target_is_directory=True)
     assert [p.name for p in find_cases(suite)] == [p.name for p in chosen]
+
+
+def test_list_values_become_words_with_or_without_brackets():
+    """Megatron's cases spell a list `2 2` or `"[2 2]"`; its launcher passes both as two words."""
+    for value in ("2 2", "[2 2]"):
+        argv = model_args_to_argv({"--hierarchical-context-parallel-sizes": value, "--lr": 0.1}, PLACES, "x")
+        assert argv == ["--hierarchical-context-parallel-sizes", "2", "2", "--lr", "0.1"]

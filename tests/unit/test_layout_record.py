@@ -5,7 +5,7 @@ from types import SimpleNamespace
 
 from goldtron.checkpoint.common_state import describe_layout_record, same_layout
 
-PS = SimpleNamespace(tp_size=1, pp_size=4, dp_size=1)
+PS = SimpleNamespace(tp_size=1, pp_size=4, dp_size=1, cp_size=1)
 LAYOUT = {"tensor_model_parallel_size": 1, "pipeline_model_parallel_size": 4, "data_parallel_size": 1}
 
 
@@ -35,3 +35,13 @@ def test_description_names_an_uneven_split_only():
     assert describe_layout_record(dict(LAYOUT, pipeline_stage_layers=[2, 2, 2, 2])) == "TP1 x PP4 x DP1"
     assert describe_layout_record(dict(LAYOUT, pipeline_stage_layers=[1, 3, 3, 1])) == \
         "TP1 x PP4 x DP1 (layers per stage 1,3,3,1)"
+
+
+def test_another_context_parallel_size_is_another_layout():
+    """CP ranks draw for other positions: their random streams are not restored at another CP size.
+    A record without the field (written before context parallelism) means CP 1."""
+    cp2 = SimpleNamespace(tp_size=1, pp_size=4, dp_size=1, cp_size=2)
+    assert same_layout({"layout": LAYOUT}, PS, _args())
+    assert not same_layout({"layout": LAYOUT}, cp2, _args())
+    assert same_layout({"layout": dict(LAYOUT, context_parallel_size=2)}, cp2, _args())
+    assert describe_layout_record(dict(LAYOUT, context_parallel_size=2)) == "TP1 x PP4 x DP1 x CP2"

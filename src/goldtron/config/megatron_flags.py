@@ -24,6 +24,12 @@ class NoEffectFlag:
 
 NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
     NoEffectFlag(
+        "--expert-tensor-parallel-size",
+        "the tensor parallelism of expert layers; a dense model has none (--num-experts, mixture of experts, "
+        "is not implemented and refused), so it changes nothing, as in Megatron's dense runs.",
+        value_type=int,
+    ),
+    NoEffectFlag(
         "--use-mcore-models",
         "goldtron has one GPT implementation, written to Megatron-Core's semantics; there is no legacy model to choose.",
     ),
@@ -140,7 +146,6 @@ NO_EFFECT_FLAGS: tuple[NoEffectFlag, ...] = (
 # Megatron flag -> what it does there. Passing any of these is a ConfigError.
 UNIMPLEMENTED_FLAGS: dict[str, str] = {
     "--expert-model-parallel-size": "mixture of experts",
-    "--expert-tensor-parallel-size": "mixture of experts",
     "--num-experts": "mixture of experts",
     "--recompute-modules": "selective recomputation of modules other than core attention (core_attn, "
                            "Megatron's default, is what --recompute-granularity selective recomputes)",

@@ -176,8 +176,9 @@ def fill_placeholders(text: str, values: dict[str, str], where: str) -> str:
 
 def model_args_to_argv(model_args: dict[str, Scalar], placeholders: dict[str, str], source: str) -> list[str]:
     """MODEL_ARGS -> argv: `true` is a bare flag, `false`/null leave the flag out. A value with spaces
-    is several words (`--hierarchical-context-parallel-sizes: 2 2`), as Megatron's test launcher's
-    shell splits it."""
+    is several words (`--hierarchical-context-parallel-sizes: 2 2`, or `"[2 2]"`), as Megatron's test
+    launcher (tests/functional_tests/shell_test_utils/_run_training.sh) strips a list's brackets
+    and its shell splits the words."""
     argv: list[str] = []
     for flag, value in model_args.items():
         if value is None or value is False:
@@ -186,6 +187,8 @@ def model_args_to_argv(model_args: dict[str, Scalar], placeholders: dict[str, st
         if value is True:
             continue
         text = fill_placeholders(_arg_text(value), placeholders, f"{source}: MODEL_ARGS.{flag}")
+        if text.startswith("[") and text.endswith("]"):  # `"[2 2]"`: the launcher drops the brackets too
+            text = text[1:-1]
         argv += text.split() or [text]
     return argv
 
