@@ -13,6 +13,7 @@
         writes the loss of the loaded weights on the batch after the checkpoint's consumed samples
         (plus the state it loaded, as torch.save next to JSON_OUT, for bitwise comparisons).
 
+Megatron-Core's own training and save under TP2 x PP2 on 4 ranks is megatron_core_parallel.py.
 Megatron-Core is a test-only dependency: goldtron itself never imports it. What Megatron-Core
 needs to run on a CPU, each named where it is done:
 - TransformerConfig(use_cpu_initialization=True): its default creates weights on the GPU;
@@ -65,7 +66,9 @@ def cpu_workarounds() -> None:
     initialize_rng_tracker(inference_rng_tracker=True, force_reset=True)
 
 
-def megatron_model(args):
+def megatron_model(args, tp: int = 1, pp: int = 1):
+    """Megatron-Core's GPTModel (local layer spec) for the flags; this rank's stage under TP x PP."""
+    from megatron.core import parallel_state
     from megatron.core.models.gpt import GPTModel
     from megatron.core.models.gpt.gpt_layer_specs import get_gpt_layer_local_spec
     from megatron.core.transformer import TransformerConfig
@@ -78,10 +81,13 @@ def megatron_model(args):
         use_cpu_initialization=True, params_dtype=torch.float32, perform_initialization=True,
         attention_softmax_in_fp32=True, apply_query_key_layer_scaling=False, bias_dropout_fusion=False,
         bias_activation_fusion=False, masked_softmax_fusion=False, persist_layer_norm=False,
-        gradient_accumulation_fusion=False,
+        gradient_accumulation_fusion=False, tensor_model_parallel_size=tp, pipeline_model_parallel_size=pp,
+        pipeline_dtype=torch.float32,
     )
     torch.manual_seed(args.seed)
     return GPTModel(config, get_gpt_layer_local_spec(), vocab_size=args.padded_vocab_size,
+                    pre_process=parallel_state.is_pipeline_first_stage(),
+                    post_process=parallel_state.is_pipeline_last_stage(),
                     max_sequence_length=args.max_position_embeddings,
                     share_embeddings_and_output_weights=not args.untie_embeddings_and_output_weights,
                     position_embedding_type=args.position_embedding_type)
@@ -102,7 +108,8 @@ def mean_loss(model, tokens, labels, loss_mask) -> torch.Tensor:
     return (per_token * loss_mask).sum() / loss_mask.sum()
 
 
-def megatron_args(args, iteration: int, consumed: int) -> argparse.Namespace:
+def megatron_args(args, iteration: int, consumed: int, tp: int = 1, pp: int = 1, world: int = 1,
+                  distributed_optimizer: bool = False, fully_reshardable: bool = True) -> argparse.Namespace:
     """The run's arguments as Megatron-LM records them (its dests; an enum inside, as Megatron's has)."""
     from megatron.core.transformer.enums import AttnBackend
 
@@ -112,10 +119,11 @@ def megatron_args(args, iteration: int, consumed: int) -> argparse.Namespace:
              "make_vocab_size_divisible_by", "padded_vocab_size", "vocab_size", "tokenizer_type",
              "micro_batch_size", "global_batch_size", "lr", "min_lr", "lr_decay_style", "seed", "train_iters")
     return argparse.Namespace(
-        **{name: getattr(args, name) for name in names}, tensor_model_parallel_size=1,
-        pipeline_model_parallel_size=1, data_parallel_size=1, world_size=1, iteration=iteration,
-        consumed_train_samples=consumed, consumed_valid_samples=0, ckpt_format="torch_dist",
-        attention_backend=AttnBackend.auto, params_dtype=torch.float32, dist_ckpt_optim_fully_reshardable=True)
+        **{name: getattr(args, name) for name in names}, tensor_model_parallel_size=tp,
+        pipeline_model_parallel_size=pp, data_parallel_size=world // (tp * pp), world_size=world,
+        iteration=iteration, consumed_train_samples=consumed, consumed_valid_samples=0, ckpt_format="torch_dist",
+        attention_backend=AttnBackend.auto, params_dtype=torch.float32,
+        use_distributed_optimizer=distributed_optimizer, dist_ckpt_optim_fully_reshardable=fully_reshardable)
 
 
 def sharded_state(model, optimizer):
@@ -169,29 +177,42 @@ def losses(model, args, first_sample: int) -> dict:
     return {"loss": loss, "loss_padded_rows_masked": masked}
 
 
-def save(directory: str, out: str, args) -> None:
-    from megatron.core import dist_checkpointing
+def megatron_schedule(optimizer, args):
+    """Megatron-LM's OptimizerParamScheduler for the flags, stepped in samples as Megatron-LM does."""
     from megatron.core.optimizer_param_scheduler import OptimizerParamScheduler
 
-    model = megatron_model(args)
-    optimizer = megatron_adamw(model, args)
     gb = args.global_batch_size
-    schedule = OptimizerParamScheduler(
+    return OptimizerParamScheduler(
         optimizer, init_lr=0.0, max_lr=args.lr, min_lr=args.min_lr, lr_warmup_steps=args.lr_warmup_iters * gb,
         lr_decay_steps=(args.lr_decay_iters or args.train_iters) * gb, lr_decay_style=args.lr_decay_style,
         start_wd=args.weight_decay, end_wd=args.weight_decay, wd_incr_steps=args.train_iters * gb,
         wd_incr_style="constant")
+
+
+def save_as_megatron_lm(state: dict, directory: str, iteration: int) -> None:
+    """DIR/iter_XXXXXXX/ by torch_dist, then DIR/latest_checkpointed_iteration.txt, as Megatron-LM lays them out."""
+    from megatron.core import dist_checkpointing
+
+    folder = os.path.join(directory, f"iter_{iteration:07d}")
+    os.makedirs(folder, exist_ok=True)
+    dist_checkpointing.save(state, folder)
+    if not dist.get_rank():
+        with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
+            f.write(str(iteration))
+
+
+def save(directory: str, out: str, args) -> None:
+    model = megatron_model(args)
+    optimizer = megatron_adamw(model, args)
+    gb = args.global_batch_size
+    schedule = megatron_schedule(optimizer, args)
     train_step(model, optimizer, schedule, args, 0)
     at_save = losses(model, args, gb)  # what goldtron's first step after loading computes
     model_state, optim_state = sharded_state(model, optimizer)
     state = {"model": model_state, "optimizer": optim_state, "args": megatron_args(args, 1, gb),
              "checkpoint_version": 3.0, "iteration": 1, "opt_param_scheduler": schedule.state_dict(),
              "num_floating_point_operations_so_far": 0}
-    folder = os.path.join(directory, "iter_0000001")
-    os.makedirs(folder, exist_ok=True)
-    dist_checkpointing.save(state, folder)
-    with open(os.path.join(directory, "latest_checkpointed_iteration.txt"), "w") as f:
-        f.write("1")
+    save_as_megatron_lm(state, directory, 1)
     # Megatron goes on from the checkpoint: goldtron's second step after loading must see this loss
     # (the Adam moments, step and learning rate it loaded decide the update in between).
     train_step(model, optimizer, schedule, args, gb)

@@ -1,7 +1,13 @@
 """Megatron-Core torch_dist checkpoints in and out (issue 15), against Megatron-Core itself.
 
-Megatron-Core (the pinned test dependency) runs in its own process, one gloo rank on the CPU
-(megatron_core_side.py names each workaround it needs there):
+Megatron-Core (the pinned test dependency) runs in processes of its own on the CPU: one gloo rank
+(megatron_core_side.py), and TP2 x PP2 on 4 gloo ranks under torchrun (megatron_core_parallel.py);
+each names the workarounds it needs there:
+- it trains one step at TP2 x PP2 with its own DDP, optimizer and 1F1B schedule, and saves with the
+  plain optimizer and with the distributed optimizer (fully_reshardable, and the default
+  dp_reshardable); goldtron loads the first two at TP1PP1 and TP2 x PP2 with Megatron's losses, and
+  refuses the third's optimizer state naming --dist-ckpt-optim-fully-reshardable;
+- a frozen-resume gate case from that checkpoint passes against Megatron's own losses;
 - it trains one step and saves a GPT checkpoint; goldtron loads it under TP1PP1 and TP2 x PP2 and
   its first step's loss is Megatron's forward loss on that batch, its second step's loss the one
   Megatron reaches by stepping on from the same checkpoint (so Adam's moments, step, learning rate
@@ -46,6 +52,15 @@ from support.torchrun import NO_DROPOUT  # noqa: E402
 from checkpoint.ckpt_runs import goldtron_load, goldtron_logits, layout_runs, rewind  # noqa: E402
 
 MEGATRON_SIDE = Path(__file__).with_name("megatron_core_side.py")
+MEGATRON_PARALLEL = Path(__file__).with_name("megatron_core_parallel.py")
+# Megatron-Core's own TP2 x PP2 saves: its plain (FP32) optimizer, and its distributed optimizer in
+# Megatron-LM's default dp_reshardable form and in --dist-ckpt-optim-fully-reshardable's form.
+PARALLEL_SAVES = {
+    "plain": {"distributed_optimizer": False, "sharding": None},
+    "distopt-dp_reshardable": {"distributed_optimizer": True, "sharding": "dp_reshardable"},
+    "distopt-fully_reshardable": {"distributed_optimizer": True, "sharding": "fully_reshardable"},
+}
+READABLE_PARALLEL_SAVES = ("plain", "distopt-fully_reshardable")
 # 255 NullTokenizer ids + eod = 256 rows: no padding at TP1 or TP2, so Megatron's softmax and
 # goldtron's see the same rows. 1000 -> 1001 real ids padded to 1024: Megatron's softmax also sees
 # its 23 trained padded rows, goldtron's does not (see test_padded_vocabulary_rows_*).
@@ -79,17 +94,44 @@ def megatron(tmp: Path, name: str, jobs: dict[str, tuple[str, Path, int]]) -> di
     return {job: json.loads((tmp / f"{job}.json").read_text()) for job in jobs}
 
 
+def megatron_parallel(tmp: Path, jobs: dict[str, dict]) -> dict[str, dict]:
+    """{job: {"distributed_optimizer", "sharding"}} trained and saved by Megatron-Core at TP2 x PP2
+    on 4 gloo ranks, in one torchrun launch (megatron_core_parallel.py) -> {job: (folder, its JSON)}."""
+    from support.torchrun import TINY_MODEL, free_port
+
+    env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONWARNINGS="ignore")
+    spec = [{"dir": str(tmp / job), "out": str(tmp / f"{job}.json"), "tp": 2, "pp": 2,
+             "flags": TINY_MODEL + model_flags(UNPADDED) + ["--train-iters", "8"], **options}
+            for job, options in jobs.items()]
+    (tmp / "parallel.jobs.json").write_text(json.dumps(spec))
+    result = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", "4",
+                             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}",
+                             str(MEGATRON_PARALLEL), str(tmp / "parallel.jobs.json")],
+                            capture_output=True, text=True, timeout=300, env=env)
+    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-4000:]
+    return {job: (tmp / job, json.loads((tmp / f"{job}.json").read_text())) for job in jobs}
+
+
 @pytest.fixture(scope="module")
 def runs(tmp_path_factory):
-    """Megatron's saves, and one launch per process count with every goldtron run that needs no
-    file another run of the launch writes: the loads of Megatron's checkpoints and goldtron's saves."""
+    """Megatron's saves (one rank, and TP2 x PP2 on 4 ranks), and one launch per process count with
+    every goldtron run that needs no file another run of the launch writes: the loads of Megatron's
+    checkpoints and goldtron's saves."""
     tmp = tmp_path_factory.mktemp("megatron")
     folders = {vocab: tmp / f"megatron-{vocab}" for vocab in (UNPADDED, PADDED)}
     for folder in folders.values():
         folder.mkdir()
     losses = megatron(tmp, "saves", {f"megatron-{vocab}": ("save", folder, vocab) for vocab, folder in folders.items()})
     saved = {vocab: (folder, losses[f"megatron-{vocab}"]) for vocab, folder in folders.items()}
+    saved.update(megatron_parallel(tmp, PARALLEL_SAVES))
     goldtron = {}
+    for layout in LAYOUTS:
+        for name in READABLE_PARALLEL_SAVES:
+            goldtron[f"load-{layout}-{name}"] = (layout, model_flags(UNPADDED) + SCHEDULE + [
+                "--train-iters", "3", "--load", str(saved[name][0])])
+    # The dp_reshardable form's weights (its optimizer state is refused, test_dp_reshardable_*).
+    goldtron["load-TP1PP1-distopt-dp_reshardable-weights"] = ("TP1PP1", model_flags(UNPADDED) + SCHEDULE + [
+        "--train-iters", "2", "--load", str(saved["distopt-dp_reshardable"][0]), "--no-load-optim"])
     for layout in LAYOUTS:
         for vocab in (UNPADDED, PADDED):
             goldtron[f"load-{layout}-{vocab}"] = (layout, model_flags(vocab) + SCHEDULE + [
@@ -114,6 +156,39 @@ def test_goldtron_first_step_from_megatrons_checkpoint_has_megatrons_loss(runs, 
     # The step in between used the loaded Adam moments, step count, LR schedule and clipping.
     assert relative(_step(steps, 3)["lm_loss"], megatron_losses["after_next_step"]["loss"]) < TOLERANCE
     assert log.count("is a Megatron-Core checkpoint: its RNG state") == 1
+
+
+@pytest.mark.parametrize("layout", LAYOUTS)
+@pytest.mark.parametrize("name", READABLE_PARALLEL_SAVES)
+def test_goldtron_first_step_from_megatrons_own_tp2_pp2_save_has_megatrons_loss(runs, layout, name):
+    """Megatron-Core trained at TP2 x PP2 (its DDP, optimizer, 1F1B schedule) and saved: goldtron
+    reads the TP- and PP-sharded tensors at TP1PP1 and at TP2 x PP2, and steps as Megatron does."""
+    _, saved, results = runs
+    steps, _ = results[f"load-{layout}-{name}"]
+    megatron_losses = saved[name][1]
+    assert steps[0]["iteration"] == 2 and steps[0]["consumed_samples"] == 16
+    assert relative(_step(steps, 2)["lm_loss"], megatron_losses["loss"]) < TOLERANCE
+    assert relative(_step(steps, 3)["lm_loss"], megatron_losses["after_next_step"]["loss"]) < TOLERANCE
+
+
+def test_dp_reshardable_distributed_optimizer_state_is_refused_naming_the_flag(runs, one_rank):
+    """Megatron-LM's default distributed-optimizer form (state by bucket, written here by Megatron-Core's
+    DistributedOptimizer) is refused naming the flag that writes a form goldtron reads; with
+    --no-load-optim its weights load and the first step has Megatron's loss."""
+    from torch.distributed.checkpoint import FileSystemReader
+
+    _, saved, results = runs
+    folder, megatron_losses = saved["distopt-dp_reshardable"]
+    keys = FileSystemReader(str(folder / "iter_0000001")).read_metadata().state_dict_metadata
+    assert any(".bucket_idx_0.exp_avg" in k for k in keys)  # really the bucket form, not optimizer.state.*
+    assert not any(k.startswith("optimizer.state.exp_avg.") for k in keys)
+    with pytest.raises(CheckpointError) as error:
+        goldtron_load(one_rank, model_flags(UNPADDED) + SCHEDULE + ["--train-iters", "3", "--load", str(folder)])
+    for text in ("dp_reshardable", "--dist-ckpt-optim-fully-reshardable", "--no-load-optim",
+                 str(folder / "iter_0000001")):
+        assert text in str(error.value), (text, str(error.value))
+    steps, _ = results["load-TP1PP1-distopt-dp_reshardable-weights"]
+    assert relative(_step(steps, 2)["lm_loss"], megatron_losses["loss"]) < TOLERANCE
 
 
 @pytest.mark.parametrize("layout", LAYOUTS)
@@ -262,3 +337,72 @@ def test_bad_megatron_checkpoint_is_a_clear_error_and_nothing_is_overwritten(run
     assert str(checkpoint) in str(error.value)  # the file or folder is named
     assert _digest(checkpoint) == before  # --save into the same folder: nothing written
     assert not (checkpoint / "iter_0000001" / "ran").exists()
+
+
+def _as_model_args(flags: list[str]) -> dict:
+    """A flag list as a model_config.yaml's MODEL_ARGS (a flag with no value is `true`; numbers as numbers)."""
+    def typed(value: str):
+        for kind in (int, float):
+            try:
+                return kind(value)
+            except ValueError:
+                pass
+        return value
+
+    args, i = {}, 0
+    while i < len(flags):
+        has_value = i + 1 < len(flags) and not flags[i + 1].startswith("--")
+        args[flags[i]] = typed(flags[i + 1]) if has_value else True
+        i += 2 if has_value else 1
+    return args
+
+
+def test_frozen_resume_case_from_megatrons_checkpoint_passes_against_megatrons_losses(runs, tmp_path, capsys):
+    """`goldtron test` on a frozen-resume case whose stored checkpoint is Megatron-Core's own TP2 x PP2
+    save, trained on by goldtron at TP1PP1, judged against a golden holding the losses Megatron-Core
+    itself computed from that checkpoint, rounded to 5 decimals as Megatron's golden files are; a golden
+    1e-4 off fails. The stored checkpoint is only read.
+
+    Tolerance 2e-6 relative: the gate rounds the run's values to 5 decimals too, so two losses 4e-8
+    apart (measured, see test_goldtron_first_step_from_megatrons_own_tp2_pp2_save_*) can round one
+    unit of the 5th decimal apart when they straddle a rounding boundary: 1e-5 / 5.5 = 1.8e-6."""
+    import yaml
+
+    from goldtron.gate import commands
+    from goldtron.gate.golden import round_value
+    from goldtron.gate.platform import detect_platform
+    from support.torchrun import TINY_MODEL
+
+    _, saved, _ = runs
+    stored, megatron_losses = saved["plain"]
+    before = _digest(stored)
+    model_args = _as_model_args(TINY_MODEL + model_flags(UNPADDED) + SCHEDULE + ["--train-iters", "3"])
+    model_args.update({"--load": "${CHECKPOINT_LOAD_PATH}", "--save": "${CHECKPOINT_SAVE_PATH}",
+                       "--tensorboard-dir": "${TENSORBOARD_PATH}"})
+    golden = {"lm loss": {"start_step": 1, "end_step": 3, "step_interval": 1, "values": {
+        "1": "nan", "2": megatron_losses["loss"], "3": megatron_losses["after_next_step"]["loss"]}}}
+    verdicts = {}
+    for name, scale in (("megatron", 1.0), ("megatron-off-by-1e-4", 1.0 + 1e-4)):
+        case = tmp_path / name
+        case.mkdir()
+        (case / "model_config.yaml").write_text(yaml.safe_dump({
+            "ENV_VARS": {"OMP_NUM_THREADS": 1}, "MODEL_ARGS": model_args, "TEST_TYPE": "frozen-resume",
+            "METRICS": ["lm loss"],
+            "GOLDTRON": {"NPROC_PER_NODE": 1, "PHASE_TIMEOUT_S": 120, "FROZEN_CHECKPOINT": str(stored),
+                         "TOLERANCES": {"lm loss": {"approx_rtol": 2e-6, "exact": False}}}}, sort_keys=False))
+        values = {step: v if v == "nan" else round_value(v * scale) for step, v in golden["lm loss"]["values"].items()}
+        (case / f"golden_values_dev_{detect_platform()}.json").write_text(
+            json.dumps({"lm loss": dict(golden["lm loss"], values=values)}))
+        verdicts[name] = commands.test_main([str(case), "--size", "full", "--output-dir", str(tmp_path / f"out-{name}"),
+                                             "--no-plot"])
+        captured = capsys.readouterr()
+        verdicts[name + " output"] = captured.out + captured.err
+    assert verdicts["megatron"] == 0, verdicts["megatron output"][-3000:]
+    assert "PASS megatron" in verdicts["megatron output"]
+    # Megatron's approximate rule lets a share of the steps fail: here none did (0 of 1 allowed).
+    row = next(line for line in (tmp_path / "out-megatron" / "summary.md").read_text().splitlines() if "| lm loss |" in line)
+    assert "| PASS | 3 | 0/" in row, row
+    assert verdicts["megatron-off-by-1e-4"] == 1, verdicts["megatron-off-by-1e-4 output"][-3000:]
+    assert "'lm loss'" in verdicts["megatron-off-by-1e-4 output"] and "FAIL megatron-off-by-1e-4" in verdicts[
+        "megatron-off-by-1e-4 output"]
+    assert _digest(stored) == before

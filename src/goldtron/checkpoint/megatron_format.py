@@ -8,7 +8,8 @@ A Megatron checkpoint folder: `metadata.json` ({"sharded_backend": "torch_dist",
 
 From common.pt goldtron takes: `iteration`, `args.consumed_train_samples`, `opt_param_scheduler`
 (Megatron's state dict, whose keys goldtron's schedule shares), the writer's TP/PP/DP from `args`,
-the architecture flags from `args`, and the optimizer's `common_step`. Megatron's RNG state is not
+the architecture flags from `args`, and the optimizer's step (`common_step`, or the
+param groups' `step` in the distributed optimizer's fully_reshardable form). Megatron's RNG state is not
 taken: it holds CUDA generator states, which have no CPU equivalent.
 """
 
@@ -39,6 +40,7 @@ class MegatronCheckpoint:
     vocab_rows: int          # rows of its vocabulary tensors (Megatron's padded vocabulary of the writer)
     common_step: int | None  # Adam's step count, one for all parameters; None without optimizer state
     args: Namespace
+    optimizer_problem: str | None = None  # why its optimizer state cannot be read (raised only if it is loaded)
 
 
 def is_megatron_checkpoint(path: str) -> bool:
@@ -81,13 +83,34 @@ def validate_megatron_checkpoint_dir(path: str) -> tuple[dict, Metadata, Megatro
         "args": architecture_args(args),
     }
     metadata = read_whole_dcp_files(path)
-    _check_optimizer_form(path, metadata, common["contents"]["optimizer"])
     embedding = metadata.state_dict_metadata.get(WORD_EMBEDDING_NAME)
     vocab_rows = embedding.size[0] if isinstance(embedding, TensorStorageMetadata) else 0
-    step = (raw.get("optimizer") or {}).get("state", {}).get("common_step")
-    info = MegatronCheckpoint(_int_arg(args, "num_layers", file), vocab_rows,
-                              int(step) if step is not None else None, args)
+    step, problem = None, None
+    if common["contents"]["optimizer"]:
+        try:
+            _check_optimizer_form(path, metadata)
+            step = _adam_step(raw["optimizer"], file)
+        except CheckpointError as error:  # the weights still load (--no-load-optim)
+            problem = str(error)
+    info = MegatronCheckpoint(_int_arg(args, "num_layers", file), vocab_rows, step, args, problem)
     return common, metadata, info
+
+
+def _adam_step(optimizer: dict, file: str) -> int:
+    """Adam's step, one for all parameters: `state.common_step` (Megatron's plain optimizer), or the
+    param groups' `step` (its distributed optimizer's fully_reshardable form keeps it there)."""
+    step = (optimizer.get("state") or {}).get("common_step")
+    if step is None:
+        groups = (optimizer.get("optimizer") or {}).get("param_groups") or []
+        steps = {float(g["step"]) for g in groups if isinstance(g, dict) and g.get("step") is not None}
+        if len(steps) > 1:
+            raise CheckpointError(f"{file}: the optimizer's param groups have different steps {sorted(steps)}; "
+                                  "goldtron keeps one Adam step. Load the weights only with --no-load-optim")
+        step = steps.pop() if steps else None
+    if step is None:
+        raise CheckpointError(f"{file} holds optimizer state but no Adam step (neither optimizer.state.common_step "
+                              "nor optimizer.optimizer.param_groups[*].step); load the weights only with --no-load-optim")
+    return int(step)
 
 
 def architecture_args(args: Namespace) -> dict:
@@ -98,11 +121,11 @@ def architecture_args(args: Namespace) -> dict:
     return out
 
 
-def _check_optimizer_form(path: str, metadata: Metadata, has_optimizer: bool) -> None:
+def _check_optimizer_form(path: str, metadata: Metadata) -> None:
     """The distributed optimizer's default `dp_reshardable` form keys its state by bucket, which
     goldtron does not read: say which flag writes the form it does read."""
     keys = metadata.state_dict_metadata
-    if has_optimizer and not any(k.startswith(MEGATRON_OPTIMIZER_PREFIX + "exp_avg.") for k in keys):
+    if not any(k.startswith(MEGATRON_OPTIMIZER_PREFIX + "exp_avg.") for k in keys):
         raise CheckpointError(
             f"{path} holds optimizer state, but not as optimizer.state.exp_avg.<parameter> tensors (Megatron's "
             "distributed optimizer saves its default dp_reshardable form by bucket). Re-save it from Megatron with "

@@ -15,7 +15,8 @@ Facts (Megatron-Core 0.16, GPTModel with the local or Transformer Engine layer s
   ceil(V / (make_vocab_size_divisible_by x TP)) x that multiple; the padded rows are trained.
 - Adam's moments are `optimizer.state.{exp_avg,exp_avg_sq}.<model key>`, shaped like the model
   tensor (the non-distributed optimizer's form, and the distributed optimizer's with
-  `--dist-ckpt-optim-fully-reshardable`); the step is one `common_step` in common.pt.
+  `--dist-ckpt-optim-fully-reshardable`); the step is one `common_step` in common.pt (the
+  distributed optimizer's form keeps it as each param group's `step` there).
 - Every linear layer has an `_extra_state` object (None for the local spec's layers), saved per
   layer as `<stacked key>._extra_state/shard_<layer>_<num_layers>`.
 """

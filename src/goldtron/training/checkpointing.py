@@ -207,6 +207,8 @@ class Checkpointer:
         want_rng = not (a.no_load_rng or fresh_start)
         megatron = found.megatron
         if megatron is not None:
+            if load_optim and megatron.optimizer_problem:
+                raise CheckpointError(megatron.optimizer_problem)
             want_rng = False
             self._log(f"{found.path} is a Megatron-Core checkpoint: its RNG state (CUDA generator states) is not "
                       "carried over; random streams start from --seed, as Megatron does when the layout changes")
