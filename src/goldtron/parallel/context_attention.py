@@ -93,10 +93,9 @@ def _group_sum(grad: torch.Tensor, heads_per_group: int) -> torch.Tensor:
 class Ring:
     """The ranks of one ring (global ranks, in ring order) and this rank's place in it."""
 
-    def __init__(self, ranks: list[int], rank: int, release: BackendRelease):
+    def __init__(self, ranks: list[int], rank: int):
         self.ranks = ranks
         self.index = ranks.index(rank)
-        self.release = release
 
     @property
     def size(self) -> int:
@@ -215,7 +214,7 @@ def _plan(comm_type: str, ps: ParallelState, seq_length: int) -> _Plan:
     if comm_type == "a2a":
         return _Plan(ps.cp_group, None, None, positions_of(cp_ranks), [positions_of(cp_ranks)])
     if comm_type == "p2p":
-        ring = Ring(cp_ranks, ps.rank, ps.backend_release)
+        ring = Ring(cp_ranks, ps.rank)
         return _Plan(None, ring, None, positions_of([ps.rank]), [positions_of([m]) for m in cp_ranks])
     # a2a+p2p: the level-0 groups all-to-all, the level-1 groups form the ring.
     a2a_lists, ring_lists = hierarchical_group_rank_lists([cp_ranks], ps.hierarchical_cp_sizes)
@@ -224,7 +223,7 @@ def _plan(comm_type: str, ps: ParallelState, seq_length: int) -> _Plan:
         return next(members for members in a2a_lists if rank in members)
 
     ring_ranks = next(members for members in ring_lists if ps.rank in members)
-    ring = Ring(ring_ranks, ps.rank, ps.backend_release)
+    ring = Ring(ring_ranks, ps.rank)
     return _Plan(ps.hierarchical_cp_groups[0], ring, None, positions_of(a2a_members(ps.rank)),
                  [positions_of(a2a_members(m)) for m in ring_ranks])
 
