@@ -101,7 +101,8 @@ def test_activation_bytes_per_rank_fall_with_context_parallelism(cp_runs):
     """The CPU byte counter (training/memory.py) of the logging rank, 3 steps of 8 x 64-token
     micro-batches: CP4 (16 positions a rank), CP2 x DP2 (32) and DP4 (64, no CP). The bytes after
     each step are parameters, gradients and Adam state, which CP does not shard: within 4 KB (0.1%)
-    of one another (measured: 4,317,904, 4,318,416 and 4,315,344). What the peak holds above them is what a micro-batch's forward and backward
+    of one another (measured: 4,315,344 in all three since the attention masks are made once at
+    build; 4,317,904, 4,318,416 and 4,315,344 while they were made per call). What the peak holds above them is what a micro-batch's forward and backward
     keep, and that is per token under CP: the ring attention keeps q, k, v, its output and
     log-sum-exp, no [s, s] matrix. So halving the positions a rank holds halves it, but for a
     few bytes that do not depend on the sequence (measured on the 2-core AMD EPYC: 3,364,356 at

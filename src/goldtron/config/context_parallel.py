@@ -14,6 +14,8 @@
 
 from __future__ import annotations
 
+import math
+
 # Kept free of torch: flags are checked before torch is imported (training/build.py).
 COMM_TYPES = ("p2p", "a2a", "allgather", "all_gather", "a2a+p2p")
 SIZE_FLAG = "--context-parallel-size"
@@ -63,9 +65,7 @@ def context_parallel_problems(args) -> list[str]:
 def _hierarchy_problems(sizes: list[int] | None, cp: int) -> list[str]:
     if not sizes:
         return []
-    product = 1
-    for size in sizes:
-        product *= size
+    product = math.prod(sizes)
     if any(size < 1 for size in sizes) or product != cp:
         return [f"{HIERARCHY_FLAG} {' '.join(map(str, sizes))}: the sizes multiply to {product}, but "
                 f"{SIZE_FLAG} is {cp}; their product must be the CP size (Megatron's check). Give sizes "

@@ -58,12 +58,20 @@ class RotaryEmbedding(nn.Module):
     out of state_dict and checkpoints.
     """
 
-    def __init__(self, rotary_dim: int, base: float, interleaved: bool = False):
+    def __init__(self, rotary_dim: int, base: float, interleaved: bool = False,
+                 positions: torch.Tensor | None = None):
+        """`positions`: the sequence positions of the rows q and k will hold, when they are not
+        0..s-1 (context parallelism holds two chunks of the sequence); their angles are the rows
+        of the whole sequence's table, made once."""
         super().__init__()
         self.rotary_dim = rotary_dim
         self.base = base
         self.interleaved = interleaved  # --rotary-interleaved
         self._tables: tuple[torch.Tensor, torch.Tensor] | None = None
+        self._fixed: tuple[torch.Tensor, torch.Tensor] | None = None
+        if positions is not None:
+            angles = rotary_angles(int(positions.max()) + 1, rotary_dim, base, positions.device, interleaved)[positions]
+            self._fixed = (angles.cos(), angles.sin())
 
     def _cos_sin(self, seq_len: int, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
         cached = self._tables
@@ -72,13 +80,6 @@ class RotaryEmbedding(nn.Module):
             self._tables = cached = (angles.cos(), angles.sin())
         return cached
 
-    def forward(self, q: torch.Tensor, k: torch.Tensor,
-                positions: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """`positions`: the sequence positions of q's and k's rows (context parallelism holds two
-        chunks of the sequence); default 0..s-1."""
-        if positions is None:
-            cos, sin = self._cos_sin(q.shape[-2], q.device)
-        else:  # the rows of the whole sequence's table: the same angles as without the split
-            cos, sin = self._cos_sin(int(positions.max()) + 1, q.device)
-            cos, sin = cos[positions], sin[positions]
+    def forward(self, q: torch.Tensor, k: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        cos, sin = self._fixed or self._cos_sin(q.shape[-2], q.device)
         return apply_rotary(q, cos, sin, self.interleaved), apply_rotary(k, cos, sin, self.interleaved)

@@ -69,15 +69,15 @@ class SelfAttention(nn.Module):
         if args.qk_layernorm:  # over each head's d channels, one weight for all heads (Megatron-Core's)
             self.q_layernorm = make_norm(args, d, ps.device, partial_over_tp=ps)
             self.k_layernorm = make_norm(args, d, ps.device, partial_over_tp=ps)
-        self.rotary = None
-        if args.position_embedding_type == "rope":
-            self.rotary = RotaryEmbedding(args.rotary_dim, args.rotary_base, args.rotary_interleaved)
-        self.context_parallel = self.positions = None
+        self.context_parallel = positions = None
         if ps.cp_size > 1:
-            self.positions = rank_positions(args.seq_length, ps.cp_size, ps.cp_rank).to(ps.device)
+            positions = rank_positions(args.seq_length, ps.cp_size, ps.cp_rank).to(ps.device)
             self.context_parallel = ContextParallelAttention(
                 layer_comm_type(args, layer_number), ps, args.seq_length, self.heads_per_group,
                 self.scaling.score_scale * (self.scaling.layer_number or 1))
+        self.rotary = None
+        if args.position_embedding_type == "rope":
+            self.rotary = RotaryEmbedding(args.rotary_dim, args.rotary_base, args.rotary_interleaved, positions)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         qkv = self.linear_qkv(x)  # the whole sequence, also when x is a sequence-parallel part
@@ -86,7 +86,7 @@ class SelfAttention(nn.Module):
         if self.q_layernorm is not None:  # before RoPE, as Megatron-Core
             q, k = self.q_layernorm(q), self.k_layernorm(k)
         if self.rotary is not None:
-            q, k = self.rotary(q, k, self.positions)
+            q, k = self.rotary(q, k)
         if self.context_parallel is not None:  # validation refused attention dropout here
             context = self.run_core_attention(self.context_parallel, q, k, v, self.training)
         elif self.training and self.attention_dropout > 0 or self.scaling.layer_number is not None:

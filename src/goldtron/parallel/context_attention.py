@@ -120,19 +120,20 @@ class Ring:
 
 class _RingAttention(torch.autograd.Function):
     @staticmethod
-    def forward(ctx, q, k, v, ring: Ring, q_positions, block_positions, scale, heads_per_group):
+    def forward(ctx, q, k, v, ring: Ring, masks, scale, heads_per_group):
+        """`masks[j]`: which of ring rank j's keys each query may see (None: none of them)."""
         held = torch.stack([k, v]).contiguous()
         out = torch.zeros(q.shape, dtype=torch.float32, device=q.device)
         lse = torch.full(q.shape[:-1], float("-inf"), dtype=torch.float32, device=q.device)
         for step in range(ring.size):
-            mask = visible(q_positions, block_positions[ring.source(step)])
-            if mask.any():
+            mask = masks[ring.source(step)]
+            if mask is not None:
                 keys, values = expand_key_value(held[0], held[1], heads_per_group)
                 out, lse = merge(out, lse, *block_attention(q, keys, values, mask, scale))
             if step < ring.size - 1:
                 (held,) = ring.pass_on([held], [KEY_VALUE_TAG])
         ctx.save_for_backward(q, k, v, out, lse)
-        ctx.ring, ctx.q_positions, ctx.block_positions = ring, q_positions, block_positions
+        ctx.ring, ctx.masks = ring, masks
         ctx.scale, ctx.heads_per_group = scale, heads_per_group
         return out.to(q.dtype)
 
@@ -148,8 +149,8 @@ class _RingAttention(torch.autograd.Function):
         held = torch.stack([k, v]).contiguous()
         held_grad = torch.zeros(held.shape, dtype=torch.float32, device=held.device)
         for step in range(ring.size):
-            mask = visible(ctx.q_positions, ctx.block_positions[ring.source(step)])
-            if mask.any():
+            mask = ctx.masks[ring.source(step)]
+            if mask is not None:
                 keys, values = expand_key_value(held[0], held[1], hpg)
                 probs = torch.exp(_scores(q, keys, mask, scale) - _finite(lse)[..., None])
                 grad_values = torch.matmul(probs.transpose(-1, -2), grad_out)
@@ -162,8 +163,7 @@ class _RingAttention(torch.autograd.Function):
                 held, held_grad = ring.pass_on([held, held_grad], [KEY_VALUE_TAG, KEY_VALUE_GRAD_TAG])
             else:  # one more hop: the block's gradients go home, complete
                 (held_grad,) = ring.pass_on([held_grad], [KEY_VALUE_GRAD_TAG])
-        return (grad_q.to(q.dtype), held_grad[0].to(k.dtype), held_grad[1].to(v.dtype),
-                None, None, None, None, None)
+        return grad_q.to(q.dtype), held_grad[0].to(k.dtype), held_grad[1].to(v.dtype), None, None, None, None
 
 
 # ---- the all-to-all ---------------------------------------------------------------------------
@@ -195,11 +195,18 @@ HEAD_DIM, SEQ_DIM = 1, 2  # q, k, v are [b, heads, s, d]
 # ---- one layer's plan -------------------------------------------------------------------------
 @dataclass
 class _Plan:
+    """Who exchanges with whom, and the causal masks, which depend only on the layout: made once."""
     a2a_group: object          # None: no all-to-all
     ring: Ring | None          # None: no ring (the keys are all here after the all-to-all or gather)
     gather_group: object       # allgather: the CP group
-    q_positions: torch.Tensor  # positions of the queries attention sees (after the all-to-all)
-    block_positions: list[torch.Tensor]  # ring index -> positions of that rank's keys (after its all-to-all)
+    # ring index -> [queries, keys] True where a query (its position after the all-to-all) may see a
+    # key of that rank (after its all-to-all); None where it sees none. One entry without a ring.
+    masks: list[torch.Tensor | None]
+
+    @classmethod
+    def of(cls, a2a_group, ring, gather_group, q_positions, block_positions) -> "_Plan":
+        masks = [visible(q_positions, k_positions) for k_positions in block_positions]
+        return cls(a2a_group, ring, gather_group, [mask if mask.any() else None for mask in masks])
 
 
 def _plan(comm_type: str, ps: ParallelState, seq_length: int) -> _Plan:
@@ -210,12 +217,12 @@ def _plan(comm_type: str, ps: ParallelState, seq_length: int) -> _Plan:
         return torch.cat(positions).to(ps.device)  # the masks are made beside the scores
 
     if comm_type in ("allgather", "all_gather"):
-        return _Plan(None, None, ps.cp_group, positions_of([ps.rank]), [positions_of(cp_ranks)])
+        return _Plan.of(None, None, ps.cp_group, positions_of([ps.rank]), [positions_of(cp_ranks)])
     if comm_type == "a2a":
-        return _Plan(ps.cp_group, None, None, positions_of(cp_ranks), [positions_of(cp_ranks)])
+        return _Plan.of(ps.cp_group, None, None, positions_of(cp_ranks), [positions_of(cp_ranks)])
     if comm_type == "p2p":
         ring = Ring(cp_ranks, ps.rank)
-        return _Plan(None, ring, None, positions_of([ps.rank]), [positions_of([m]) for m in cp_ranks])
+        return _Plan.of(None, ring, None, positions_of([ps.rank]), [positions_of([m]) for m in cp_ranks])
     # a2a+p2p: the level-0 groups all-to-all, the level-1 groups form the ring.
     a2a_lists, ring_lists = hierarchical_group_rank_lists([cp_ranks], ps.hierarchical_cp_sizes)
 
@@ -224,7 +231,7 @@ def _plan(comm_type: str, ps: ParallelState, seq_length: int) -> _Plan:
 
     ring_ranks = next(members for members in ring_lists if ps.rank in members)
     ring = Ring(ring_ranks, ps.rank)
-    return _Plan(ps.hierarchical_cp_groups[0], ring, None, positions_of(a2a_members(ps.rank)),
+    return _Plan.of(ps.hierarchical_cp_groups[0], ring, None, positions_of(a2a_members(ps.rank)),
                  [positions_of(a2a_members(m)) for m in ring_ranks])
 
 
@@ -250,12 +257,10 @@ class ContextParallelAttention:
         if plan.gather_group is not None:
             k, v = (self._gather_sequence(t) for t in (k, v))
         if plan.ring is not None and plan.ring.size > 1:
-            context = _RingAttention.apply(q, k, v, plan.ring, plan.q_positions, plan.block_positions,
-                                           self.scale, hpg)
-        else:
+            context = _RingAttention.apply(q, k, v, plan.ring, plan.masks, self.scale, hpg)
+        else:  # every query sees its own position, so the one mask is never None
             keys, values = expand_key_value(k, v, hpg)
-            mask = visible(plan.q_positions, plan.block_positions[0])
-            context = F.scaled_dot_product_attention(q, keys, values, attn_mask=mask, scale=self.scale)
+            context = F.scaled_dot_product_attention(q, keys, values, attn_mask=plan.masks[0], scale=self.scale)
         if plan.a2a_group is not None:
             context = _AllToAll.apply(context, plan.a2a_group, self.release, SEQ_DIM, HEAD_DIM)
         return context

@@ -15,37 +15,25 @@ from __future__ import annotations
 import torch
 
 from goldtron.parallel.schedule import MicroBatch
-
-SEQUENCE_DIM = 1
-
-
-def chunk_ids(cp_size: int, cp_rank: int) -> tuple[int, int]:
-    """The two of the sequence's 2 x CP chunks that CP rank `cp_rank` holds, in the order it holds them."""
-    return cp_rank, 2 * cp_size - 1 - cp_rank
+from goldtron.parallel.sequence_parallel import SEQUENCE_DIM
 
 
 def rank_positions(seq_length: int, cp_size: int, cp_rank: int) -> torch.Tensor:
-    """The sequence positions CP rank `cp_rank` holds, in its order: [seq_length / CP] int64."""
+    """The sequence positions CP rank `cp_rank` holds, in its order (chunk r, then chunk 2CP-1-r):
+    [seq_length / CP] int64."""
     if cp_size == 1:
         return torch.arange(seq_length)
     chunk = seq_length // (2 * cp_size)
-    first, second = chunk_ids(cp_size, cp_rank)
+    first, second = cp_rank, 2 * cp_size - 1 - cp_rank
     return torch.cat([torch.arange(first * chunk, (first + 1) * chunk),
                       torch.arange(second * chunk, (second + 1) * chunk)])
 
 
-def slice_for_rank(full: torch.Tensor, cp_size: int, cp_rank: int) -> torch.Tensor:
-    """This CP rank's part of a [b, s, ...] tensor (its two chunks, concatenated along the sequence)."""
-    if cp_size == 1:
-        return full
-    chunks = full.chunk(2 * cp_size, dim=SEQUENCE_DIM)
-    first, second = chunk_ids(cp_size, cp_rank)
-    return torch.cat([chunks[first], chunks[second]], dim=SEQUENCE_DIM).contiguous()
-
-
 def micro_batch_part(mb: MicroBatch, cp_size: int, cp_rank: int) -> MicroBatch:
-    """This CP rank's part of a whole micro-batch, knowing the whole one's loss tokens."""
+    """This CP rank's part of a whole micro-batch (its positions along the sequence), knowing the
+    whole one's loss tokens."""
     if cp_size == 1:
         return mb
-    parts = (slice_for_rank(t, cp_size, cp_rank) for t in (mb.tokens, mb.labels, mb.loss_mask, mb.position_ids))
+    positions = rank_positions(mb.tokens.shape[SEQUENCE_DIM], cp_size, cp_rank).to(mb.tokens.device)
+    parts = (t.index_select(SEQUENCE_DIM, positions) for t in (mb.tokens, mb.labels, mb.loss_mask, mb.position_ids))
     return MicroBatch(*parts, whole_loss_tokens=float(mb.loss_mask.sum()))

@@ -48,10 +48,10 @@ class ParallelState:
     cp_ranks: list[int] = field(default_factory=list)  # this rank's context-parallel group, CP-rank order
     # Data x context parallel: the ranks holding the same weights (gradient reduction, optimizer shards).
     dp_cp_group: dist.ProcessGroup | None = None
-    # --hierarchical-context-parallel-sizes, and this rank's group (and its ranks) at each level.
+    # --hierarchical-context-parallel-sizes, and this rank's group at each level (the rank lists:
+    # hierarchical_group_rank_lists).
     hierarchical_cp_sizes: list[int] = field(default_factory=list)
     hierarchical_cp_groups: list = field(default_factory=list)
-    hierarchical_cp_ranks: list[list[int]] = field(default_factory=list)
     # tensor x pipeline ranks of one model replica: norms and num-zeros are summed over it.
     model_parallel_group: dist.ProcessGroup | None = None
     # first and last pipeline stage of this pipeline (same tp/dp rank): tied embedding grads.
@@ -155,9 +155,8 @@ class ParallelState:
             state.dp_cp_group, _ = _create_groups(groups["dp_cp"], rank)
         state.hierarchical_cp_sizes = list(hierarchical_cp_sizes or [])
         for level_lists in hierarchical_group_rank_lists(groups["cp"], state.hierarchical_cp_sizes):
-            group, ranks = _create_groups(level_lists, rank)
+            group, _ = _create_groups(level_lists, rank)
             state.hierarchical_cp_groups.append(group)
-            state.hierarchical_cp_ranks.append(ranks)
         for ranks in groups["pp"]:  # each pipeline's embedding group is made right after it
             group = _new_group(ranks)
             if rank in ranks:
