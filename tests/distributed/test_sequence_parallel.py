@@ -76,8 +76,8 @@ def _activation_bytes_sequence_parallelism_splits(tp: int) -> int:
     activations are alive. Per layer, kept for backward outside the TP GEMMs: its input, the input
     norm's output (QKV's saved input), the residual after attention and the pre-MLP norm's output
     (fc1's saved input), each [b, s, h], and each norm's mean and rstd, [b, s]; then the final norm's
-    input and statistics (the LM head's input, gathered, is not held at the peak: the difference
-    is the same whether the LM head keeps the gathered input or, as now and as Megatron, the part). With SP each is [b, s/TP, ...]: (1 - 1/TP) of them no longer held."""
+    input and statistics (its output is gathered for the LM head: the same bytes with or without
+    SP). With SP each is [b, s/TP, ...]: (1 - 1/TP) of them no longer held."""
     layers, b, s, h, fp32 = 4, 2, 32, 64, 4
     per_layer = 4 * b * s * h + 2 * 2 * b * s
     final_norm = b * s * h + 2 * b * s

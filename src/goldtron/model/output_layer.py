@@ -6,12 +6,11 @@ Deferral, as Megatron does it: in backward, the input-gradient dX = dY W is comp
 pair (X, dY) kept. `drain_deferred_wgrads` does the kept GEMMs after the pipeline flush, before
 gradients are reduced. With limit L > 0 only the first L micro-batches of a step are deferred.
 
-Under --sequence-parallel the input (the final norm's output) is this rank's sequence part. As
-Megatron's LM head does, it is all-gathered for the forward GEMM and only the part is kept for
-backward: backward gathers it again for the weight-gradient GEMM and reduce-scatters the
-input-gradient; a deferred pair keeps the part, and the drain gathers it before its GEMM (every TP
-rank drains the same pairs in the same order, so the gathers match). Keeping the gathered input
-would hold TP times those bytes per micro-batch.
+Under --sequence-parallel the input (the final norm's output) is this rank's sequence part: it
+is all-gathered first (its gradient reduce-scattered), and the GEMMs, kept pairs included, see
+the whole sequence. Megatron keeps the sequence part instead and gathers it again at the drain;
+keeping the gathered input costs TP times its bytes per deferred micro-batch and saves that
+collective (the math is the same).
 """
 
 from __future__ import annotations
@@ -20,7 +19,7 @@ import torch
 from torch import nn
 
 from goldtron.parallel.collectives import copy_to_tensor_parallel
-from goldtron.parallel.sequence_parallel import gather_sequence, reduce_scatter_sequence
+from goldtron.parallel.sequence_parallel import gather_from_sequence_parallel
 
 
 class DeferredWgradBuffer:
@@ -65,10 +64,9 @@ class _OutputLinear(torch.autograd.Function):
 
     @staticmethod
     def forward(ctx, x, weight, layer):
-        """x: the whole sequence, or under --sequence-parallel this rank's part (kept as it is)."""
         ctx.layer = layer
         ctx.save_for_backward(x)
-        return torch.matmul(layer.whole_sequence(x), layer.real_weight(weight).t())
+        return torch.matmul(x, layer.real_weight(weight).t())
 
     @staticmethod
     def backward(ctx, grad_output):
@@ -76,12 +74,10 @@ class _OutputLinear(torch.autograd.Function):
         layer: OutputLayer = ctx.layer
         grad_output = grad_output.to(layer.compute_dtype)
         grad_x = torch.matmul(grad_output, layer.real_weight(layer.weight))
-        if layer.sequence_parallel:
-            grad_x = reduce_scatter_sequence(grad_x.contiguous(), layer.tp_group, layer.release)
         if layer.deferred is not None and layer.deferred.should_defer():
             layer.deferred.keep(x, grad_output)
         else:
-            layer.accumulate_wgrad(layer.whole_sequence(x), grad_output)
+            layer.accumulate_wgrad(x, grad_output)
         return grad_x, None, None
 
 
@@ -111,12 +107,10 @@ class OutputLayer(nn.Module):
     def real_weight(self, weight: torch.Tensor) -> torch.Tensor:
         return weight.detach()[: weight.real_rows].to(self.compute_dtype)
 
-    def whole_sequence(self, x: torch.Tensor) -> torch.Tensor:
-        """The input over the whole sequence: under --sequence-parallel gathered from the TP ranks' parts."""
-        return gather_sequence(x.detach(), self.tp_group, self.release) if self.sequence_parallel else x
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        if not self.sequence_parallel:  # the input-gradient is a part of the sum over TP
+        if self.sequence_parallel:
+            x = gather_from_sequence_parallel(x, self.tp_group, self.release)
+        else:
             x = copy_to_tensor_parallel(x, self.tp_group, self.release)
         return _OutputLinear.apply(x, self.weight, self)
 
@@ -139,6 +133,6 @@ class OutputLayer(nn.Module):
         if self.deferred is None or not self.deferred.pending:
             return
         for x, grad_output in self.deferred.pending:
-            self.accumulate_wgrad(self.whole_sequence(x), grad_output)
+            self.accumulate_wgrad(x, grad_output)
             self.deferred.drained_gemms += 1
         self.deferred.pending.clear()
