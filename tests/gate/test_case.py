@@ -219,3 +219,18 @@ def test_list_values_become_words_with_or_without_brackets():
     for value in ("2 2", "[2 2]"):
         argv = model_args_to_argv({"--hierarchical-context-parallel-sizes": value, "--lr": 0.1}, PLACES, "x")
         assert argv == ["--hierarchical-context-parallel-sizes", "2", "2", "--lr", "0.1"]
+
+
+def test_quoted_whole_numbers_are_numbers_and_other_text_is_refused_before_launching(tmp_path, capsys):
+    """Megatron's launcher passes every MODEL_ARGS value as a word, so `--train-iters: '3'` is a
+    valid Megatron case; text that is not a whole number is refused before any phase starts
+    (it used to fail only when the run was judged, after the training had run)."""
+    quoted = load_case(write_case(tmp_path / "quoted", extra_args={"--train-iters": "10", "--save-interval": " 5 "}))
+    assert quoted.train_iters == 10 and quoted.int_arg("--save-interval", 1) == 5
+    for bad in ("3.5", "ten", True):
+        case_dir = write_case(tmp_path / f"bad-{bad}", extra_args={"--train-iters": bad})
+        out = tmp_path / f"out-{bad}"
+        assert commands.test_main([str(case_dir), "--output-dir", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert f"MODEL_ARGS.--train-iters = {bad!r}: the gate needs a positive whole number" in err, err
+        assert not (out / "repeat_1").exists()

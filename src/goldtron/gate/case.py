@@ -90,16 +90,18 @@ class Case:
     @property
     def train_iters(self) -> int:
         value = self.model_args.get("--train-iters")
-        if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        iters = whole_number(value)
+        if iters is None or iters < 1:
             raise GateInputError(f"{self.config_file}: MODEL_ARGS.--train-iters = {value!r}: the gate needs "
                                  "a positive whole number of iterations. Fix: e.g. `--train-iters: 20`")
-        return value
+        return iters
 
     def int_arg(self, flag: str, default: int) -> int:
         value = self.model_args.get(flag, default)
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = whole_number(value)
+        if number is None:
             raise GateInputError(f"{self.config_file}: MODEL_ARGS.{flag} = {value!r}: expected a whole number")
-        return value
+        return number
 
     def override_for(self, platform: str) -> str | None:
         """The PLATFORMS key whose name is the longest prefix of `platform`, if any."""
@@ -191,6 +193,18 @@ def model_args_to_argv(model_args: dict[str, Scalar], placeholders: dict[str, st
             text = text[1:-1]
         argv += text.split() or [text]
     return argv
+
+
+def whole_number(value: object) -> int | None:
+    """An int, or text that is one (`--train-iters: '3'`: Megatron's launcher passes every value as
+    a word, so a quoted number is valid there); None for anything else (bools included)."""
+    if isinstance(value, bool):
+        return None
+    if isinstance(value, int):
+        return value
+    if isinstance(value, str) and re.fullmatch(r"\s*[+-]?\d+\s*", value):
+        return int(value)
+    return None
 
 
 def _arg_text(value: Scalar) -> str:

@@ -21,7 +21,7 @@ import math
 from dataclasses import dataclass, replace
 
 from goldtron.config.virtual_pipeline import chunks_per_rank
-from goldtron.gate.case import DEFAULT_TRAINER
+from goldtron.gate.case import DEFAULT_TRAINER, whole_number
 from goldtron.gate.errors import GateInputError
 from goldtron.trainer_contract import ITERATION_TIME
 
@@ -88,9 +88,10 @@ class _Args:
         value = self.values.get(flag, default)
         if value is None or value is False:
             return default
-        if isinstance(value, bool) or not isinstance(value, int):
+        number = whole_number(value)
+        if number is None:
             raise GateInputError(f"{self.source}: MODEL_ARGS.{flag} = {value!r}: expected a whole number")
-        return value
+        return number
 
     def on(self, flag: str) -> bool:
         return self.values.get(flag) not in (None, False)

@@ -16,7 +16,9 @@ import shutil
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goldtron.gate.case import DEFAULT_TRAINER, PLACEHOLDERS, SUPPORTED_TEST_TYPES, Case, model_args_to_argv
+from goldtron.gate.case import (
+    DEFAULT_TRAINER, PLACEHOLDERS, SUPPORTED_TEST_TYPES, Case, model_args_to_argv, whole_number,
+)
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.interrupts import GateInterrupted
 from goldtron.gate.launcher import LaunchOptions, PhaseOutcome, run_phase, torchrun_argv, trainer_target
@@ -56,7 +58,8 @@ def check_supported(case: Case) -> None:
     if case.test_type not in SUPPORTED_TEST_TYPES:
         raise GateInputError(f"{case.config_file}: TEST_TYPE {case.test_type!r} is not supported by the gate. "
                              f"Fix: use one of {', '.join(SUPPORTED_TEST_TYPES)}")
-    if case.test_type == "ckpt-resume" and case.train_iters < 2:
+    iters = case.train_iters  # read before any phase starts: a bad value fails here, not after a run
+    if case.test_type == "ckpt-resume" and iters < 2:
         raise GateInputError(f"{case.config_file}: ckpt-resume needs --train-iters >= 2 (it resumes at N/2)")
 
 
@@ -92,7 +95,8 @@ def resume_step(case: Case) -> int:
     """Megatron's resume point: half of --train-iters, which --save-interval must hit."""
     step = case.train_iters // 2
     interval = case.model_args.get("--save-interval")
-    if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1 or step % interval:
+    every = whole_number(interval)
+    if every is None or every < 1 or step % every:
         raise GateInputError(f"{case.config_file}: ckpt-resume resumes at iteration {step} (N/2), but "
                              f"MODEL_ARGS.--save-interval = {interval!r} does not save there. "
                              f"Fix: set --save-interval to {step} (or a divisor of it)")
