@@ -118,10 +118,15 @@ def build_and_train(args) -> None:
 
 def configure_torch(args) -> None:
     """This process's thread count and deterministic kernels, from the run's flags (fixed thread
-    count = fixed bits)."""
+    count = fixed bits); on CPUs, freed tensor memory kept for reuse (training/cpu_malloc.py)."""
+    from goldtron.training.cpu_malloc import keep_freed_cpu_memory_for_reuse
+    from goldtron.training.eager_torch import use_deterministic_algorithms
+
+    if args.distributed_backend != "nccl":
+        keep_freed_cpu_memory_for_reuse()
     torch.set_num_threads(args.torch_threads)
     if args.deterministic_mode:
-        torch.use_deterministic_algorithms(True)
+        use_deterministic_algorithms(True)
 
 
 def train_on(args, ps, device: torch.device, metrics_file) -> None:

@@ -37,6 +37,7 @@ from goldtron.training import grads
 from goldtron.training.grad_buckets import bucket_parameters, resolve_bucket_size
 from goldtron.training.grad_readiness import GradReadiness
 from goldtron.training.parameter_gather import OverlappedParameterGather
+from goldtron.training.eager_torch import eager_step
 from goldtron.training.optimizer import HeldAdamState
 
 # Elements; a multiple of every CPU/GPU vector width, so pieces keep the kernels' element grouping.
@@ -229,7 +230,7 @@ class DistributedOptimizer:
     @torch.no_grad()
     def step(self) -> None:
         if self.inner is not None:
-            self.inner.step()
+            eager_step(self.inner)
         if self.parameter_gather is not None:  # gathered while the next forward runs
             self.parameter_gather.mark_stale()
             return

@@ -24,6 +24,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from torch.utils._pytree import tree_flatten
 
 from goldtron.parallel.collectives import BackendRelease
+from goldtron.training.eager_torch import run_without_dynamo
 
 
 class CpuAllocationCounter(TorchDispatchMode):
@@ -32,6 +33,8 @@ class CpuAllocationCounter(TorchDispatchMode):
 
     def __init__(self, release: BackendRelease | None = None):
         super().__init__()
+        # torch wraps every mode's __torch_dispatch__ for its compiler; an eager counter needs none.
+        run_without_dynamo(type(self).__dict__["__torch_dispatch__"])
         self.release = release
         self.allocated = 0
         self.peak = 0

@@ -21,6 +21,7 @@ import torch
 from goldtron.parallel.sequence_parallel import all_reduce_sequence_parallel_gradients, sequence_parallel_gradients
 from goldtron.parallel.state import ParallelState
 from goldtron.training import grads
+from goldtron.training.eager_torch import eager_step, skip_dynamo_import_of_torch_optim
 
 
 @dataclass
@@ -70,6 +71,7 @@ def adamw(entries, args: Namespace) -> torch.optim.AdamW:
         (plain if no_weight_decay(name, param) else decay).append(target)
     groups = [g for g in ({"params": decay, "weight_decay": args.weight_decay},
                           {"params": plain, "weight_decay": 0.0}) if g["params"]]
+    skip_dynamo_import_of_torch_optim()
     return torch.optim.AdamW(groups, lr=args.lr, betas=(args.adam_beta1, args.adam_beta2), eps=args.adam_eps,
                              foreach=False)
 
@@ -118,7 +120,7 @@ class ReplicatedOptimizer:
         return [p.grad for p in self.params]
 
     def step(self) -> None:
-        self.inner.step()
+        eager_step(self.inner)
 
     def finish_parameter_sync(self) -> None:
         """Every parameter here is whole after step: nothing to wait for."""
