@@ -68,6 +68,16 @@ def test_nan_on_both_sides_matches_and_on_one_side_fails():
     assert run_check("lm loss", EXACT, series({1: "nan"}), series({1: 1.0})).status == "fail"
 
 
+def test_the_worst_step_shown_has_values_when_a_2nd_golden_starts_with_missing_steps():
+    # A _2nd golden holds "nan" before the resume and run 2 has no such steps: equal, but not
+    # what the report's worst-step columns should show when every step matches.
+    golden = series({1: "nan", 2: "nan", 3: 9.5, 4: 9.25})
+    result = run_check("lm loss", APPROX_5, golden, series({3: 9.5, 4: 9.25}))
+    assert result.status == "pass" and (result.worst_step, result.worst_actual) == (3, 9.5)
+    nearly = run_check("lm loss", APPROX_5, golden, series({3: 9.5, 4: 9.3}))
+    assert nearly.worst_step == 4  # a real difference still wins
+
+
 def test_steps_compared_are_the_golden_steps():
     golden = series({1: 1.0, 5: 1.0, 10: 1.0}, interval=5)
     actual = series({step: 1.0 for step in range(1, 11)})

@@ -208,7 +208,10 @@ def run_check(metric: str, check: Check, reference: MetricSeries, actual: Metric
         distance = _difference(check.kind, actual_value, reference_value)
         if not close:
             failed.append(step)
-        if worst is None or distance > worst[0]:
+        # A step missing on both sides (a _2nd golden's steps before the resume) equals itself;
+        # the worst step shown is one with a value wherever there is one.
+        shown = (distance, math.isfinite(actual_value) or math.isfinite(reference_value))
+        if worst is None or shown > (worst[0], math.isfinite(worst[2]) or math.isfinite(worst[3])):
             worst = (distance, step, actual_value, reference_value)
     result.steps_compared = len(pairs)
     result.steps_failed = len(failed)
