@@ -9,14 +9,12 @@ thread per rank). It uses plain torch only, none of goldtron's trainer code, so 
 cannot slow it down: the trainer's regression shows in the ratio.
 
 Run as `python -m goldtron.gate.calibration` (the gate does not import torch itself: that costs
-seconds); it prints one JSON line {"workload": ..., "seconds": ...}. With `--serve` it prints one
-such line per line read from stdin (the gate's Calibrator: one helper for both timings).
+seconds); it prints one JSON line {"workload": ..., "seconds": ...}.
 """
 
 from __future__ import annotations
 
 import json
-import select
 import subprocess
 import sys
 import time
@@ -55,69 +53,14 @@ def faster(first: dict | None, second: dict | None) -> dict | None:
     return min(timings, key=lambda timing: timing["seconds"]) if timings else None
 
 
-class Calibrator:
-    """Times the workload in one helper process, before and after a case's phases.
-
-    The helper imports torch once and sleeps on its stdin between the two timings (no CPU taken
-    from the phases), so the second timing costs the passes only, not another interpreter start
-    and torch import (~2 s of the main command's ~10 s of calibration). Started on the first
-    timing; `close` (or the gate's exit: the helper ends at the end of its stdin) ends it.
-    """
-
-    def __init__(self, python: str = sys.executable):
-        self.python = python
-        self.process: subprocess.Popen | None = None
-        self._stderr = ""  # the helper's last words, read when it ends
-
-    def __enter__(self) -> "Calibrator":
-        return self
-
-    def __exit__(self, *exc) -> None:
-        self.close()
-
-    def time(self) -> dict:
-        if self.process is None:
-            self.process = subprocess.Popen([self.python, "-m", "goldtron.gate.calibration", "--serve"],
-                                            stdin=subprocess.PIPE, stdout=subprocess.PIPE,
-                                            stderr=subprocess.PIPE, text=True)
-        try:
-            self.process.stdin.write("time\n")
-            self.process.stdin.flush()
-        except BrokenPipeError:
-            pass  # the helper died: reading says how
-        ready, _, _ = select.select([self.process.stdout], [], [], TIMEOUT_S)
-        line = self.process.stdout.readline() if ready else ""
-        if not line:
-            process = self.process
-            if not ready:
-                process.kill()
-            self.close()
-            why = f"the helper ended (exit {process.returncode})" if ready else f"no timing within {TIMEOUT_S} s"
-            raise RuntimeError(f"calibration workload failed: {why}" + (f": {self._stderr}" if self._stderr else ""))
-        return json.loads(line)
-
-    def close(self) -> None:
-        if self.process is None:
-            return
-        process, self.process = self.process, None
-        try:
-            _, err = process.communicate(timeout=TIMEOUT_S)  # closes its stdin: the helper's end
-        except BrokenPipeError:
-            _, err = process.communicate(timeout=TIMEOUT_S)
-        except subprocess.TimeoutExpired:
-            process.kill()
-            _, err = process.communicate()
-        self._stderr = (err or "").strip()[-2000:]
-
-
-def serve() -> None:
-    """The helper: one JSON timing line per line read, until its stdin ends."""
-    while sys.stdin.readline():
-        print(json.dumps({"workload": WORKLOAD, "seconds": time_workload()}), flush=True)
+def measure(python: str = sys.executable) -> dict:
+    """Time the workload in a fresh process (the caller need not import torch)."""
+    result = subprocess.run([python, "-m", "goldtron.gate.calibration"], capture_output=True, text=True,
+                            timeout=TIMEOUT_S)
+    if result.returncode != 0:
+        raise RuntimeError(f"calibration workload failed: {result.stderr.strip()[-2000:]}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
 
 
 if __name__ == "__main__":
-    if sys.argv[1:] == ["--serve"]:
-        serve()
-    else:
-        print(json.dumps({"workload": WORKLOAD, "seconds": time_workload()}))
+    print(json.dumps({"workload": WORKLOAD, "seconds": time_workload()}))

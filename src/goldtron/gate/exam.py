@@ -16,7 +16,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from goldtron.gate.calibration import Calibrator, faster
+from goldtron.gate.calibration import faster
 from goldtron.gate.case import CONFIG_NAME, golden_file_name, load_case
 from goldtron.gate.cpu_sizing import sized_case, wants_cpu_size
 from goldtron.gate.equivalence import (EQUIVALENCE_LINE, judge_against_twin, run_twin, single_process_twin,
@@ -82,14 +82,15 @@ def _write_values(folder: Path, request: TestRequest, platform: str, case, run1:
     return written
 
 
-def _calibrate(case, calibrator: Calibrator) -> dict | None:
+def _calibrate(case) -> dict | None:
     """The calibration workload timed on this machine (CPUs only, and only when iteration-time is
     checked): what makes this run's iteration-time comparable with another machine's."""
+    from goldtron.gate.calibration import measure
     from goldtron.gate.portable import CALIBRATED_METRIC
 
     if CALIBRATED_METRIC not in case.metrics or gpu_count():
         return None
-    return calibrator.time()
+    return measure()
 
 
 def _warm_imports(plot: bool) -> None:
@@ -129,11 +130,6 @@ def _case_as_run(request: TestRequest, platform: str):
 
 def _run_test(request: TestRequest, reports: list | None = None) -> int:
     """One case; its CaseReport is appended to `reports` when given (a folder run's table)."""
-    with Calibrator() as calibrator:  # its helper process ends with the case, whatever the outcome
-        return _run_case(request, reports, calibrator)
-
-
-def _run_case(request: TestRequest, reports: list | None, calibrator: Calibrator) -> int:
     started = time.monotonic()
     platform = request.platform or detect_platform()
     case, size_notes, equivalence = _case_as_run(request, platform)
@@ -156,7 +152,7 @@ def _run_case(request: TestRequest, reports: list | None, calibrator: Calibrator
         print(refused, flush=True)
         report.errors.append(f"the trainer refuses the case's flags: {refused}")
         return EXIT_BAD_INPUT
-    calibration = _calibrate(case, calibrator) if judging else None  # timed again after the phases
+    calibration = _calibrate(case) if judging else None  # timed again after the phases
     try:
         if equivalence:
             reference = Reference(None, choice.path, tolerances=case.tolerances)
@@ -199,7 +195,7 @@ def _run_case(request: TestRequest, reports: list | None, calibrator: Calibrator
         repeat = run_repeat(case, options, index)
         training_s += repeat.training_wall_s
         if judging and index == 1:
-            calibration = faster(calibration, _calibrate(case, calibrator))
+            calibration = faster(calibration, _calibrate(case))
             reference.use_calibration(calibration)
         config_error = config_error or any(phase.config_error for phase in repeat.phases)
         if not judging:
