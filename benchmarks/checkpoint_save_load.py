@@ -32,7 +32,7 @@ from goldtron.checkpoint.rng_state import RankRandomState
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
 from goldtron.parallel.state import ParallelState
-from goldtron.training.checkpointing import CheckpointParts, build_checkpointer
+from goldtron.training.checkpointer import CheckpointParts, build_checkpointer
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.optimizer import build_optimizer
 from goldtron.training.progress import TrainingProgress

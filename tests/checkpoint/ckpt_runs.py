@@ -76,7 +76,7 @@ def goldtron_load(ps, flags: list[str]):
     from goldtron.checkpoint.rng_state import RankRandomState
     from goldtron.model.gpt import GPTStage
     from goldtron.parallel.random import DropoutRNG
-    from goldtron.training import checkpointing
+    from goldtron.training.checkpointer import CheckpointParts, build_checkpointer
     from goldtron.training.lr_schedule import LRSchedule
     from goldtron.training.optimizer import build_optimizer
     from goldtron.training.progress import TrainingProgress
@@ -84,9 +84,9 @@ def goldtron_load(ps, flags: list[str]):
     args = parse_args(TINY_MODEL + flags)
     rng = DropoutRNG(args.seed, 0, 0, ps.device)
     model = GPTStage(args, ps, rng)
-    parts = checkpointing.CheckpointParts(model, build_optimizer(model, args, ps), LRSchedule.from_args(args),
-                                          TrainingProgress(), RankRandomState(rng))
-    checkpointing.build_checkpointer(args, ps, parts).load()
+    parts = CheckpointParts(model, build_optimizer(model, args, ps), LRSchedule.from_args(args),
+                            TrainingProgress(), RankRandomState(rng))
+    build_checkpointer(args, ps, parts).load()
     return model
 
 

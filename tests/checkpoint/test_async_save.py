@@ -16,6 +16,7 @@ from goldtron.checkpoint.export import open_checkpoint, plain_state_dict
 from goldtron.model.gpt import GPTStage
 from goldtron.parallel.random import DropoutRNG
 from goldtron.training import checkpointing
+from goldtron.training.checkpointer import CheckpointParts, build_checkpointer
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.memory import CpuAllocationCounter
 from goldtron.training.optimizer import build_optimizer
@@ -32,9 +33,9 @@ def _trainer(ps, save_dir):
         p.grad = torch.ones_like(p)
     optimizer.step()
     schedule = LRSchedule(args.lr, args.min_lr, args.lr_warmup_samples, args.lr_decay_samples, args.lr_decay_style)
-    parts = checkpointing.CheckpointParts(model, optimizer, schedule, TrainingProgress(iteration=1, consumed_samples=8),
-                                          RankRandomState(rng))
-    return parts, checkpointing.build_checkpointer(args, ps, parts)
+    parts = CheckpointParts(model, optimizer, schedule, TrainingProgress(iteration=1, consumed_samples=8),
+                            RankRandomState(rng))
+    return parts, build_checkpointer(args, ps, parts)
 
 
 @pytest.fixture

@@ -21,7 +21,7 @@ from goldtron.model.gpt import GPTStage
 from goldtron.parallel.p2p import PipelineP2P
 from goldtron.parallel.random import DropoutRNG
 from goldtron.parallel.schedule import MicroBatch, Schedule
-from goldtron.training.checkpointing import NullCheckpointer
+from goldtron.training.checkpointer import NullCheckpointer
 from goldtron.training.loop import Trainer
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.memory import MemoryStats

@@ -18,7 +18,8 @@ from torch.distributed.checkpoint.metadata import TensorStorageMetadata
 from goldtron.checkpoint.errors import CheckpointError, dcp_read_error
 from goldtron.checkpoint.global_shard import GlobalShardLoadPlanner
 from goldtron.checkpoint.layout import METADATA_NAME, TRACKER_NAME
-from goldtron.checkpoint.model_state import ADAM_MOMENTS, OPTIMIZER_PREFIX, RNG_PREFIX, is_model_key
+from goldtron.checkpoint.model_state import ADAM_MOMENTS, OPTIMIZER_PREFIX, is_model_key
+from goldtron.checkpoint.rng_state import RNG_PREFIX
 from goldtron.checkpoint.safe_objects import SafeFileSystemReader
 from goldtron.checkpoint.validation import FoundCheckpoint, find_checkpoint, validate_checkpoint_dir
 

@@ -33,7 +33,8 @@ from goldtron.checkpoint.layout import iteration_dir, write_json_durably, write_
 from goldtron.checkpoint.megatron_common import MEGATRON_COMMON_NAME
 from goldtron.checkpoint.megatron_names import extra_state_keys, megatron_optimizer_key, to_megatron
 from goldtron.checkpoint.megatron_state import STEP_PREFIX, VOCAB_TENSORS
-from goldtron.checkpoint.model_state import ADAM_MOMENTS, OPTIMIZER_PREFIX, RNG_PREFIX
+from goldtron.checkpoint.model_state import ADAM_MOMENTS, OPTIMIZER_PREFIX
+from goldtron.checkpoint.rng_state import RNG_PREFIX
 from goldtron.checkpoint.validation import FoundCheckpoint
 
 MEGATRON_BACKEND_METADATA = {"sharded_backend": "torch_dist", "sharded_backend_version": 1,

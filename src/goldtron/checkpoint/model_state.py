@@ -32,11 +32,11 @@ import torch
 
 from goldtron.checkpoint.flat_range import flat_range_shard
 from goldtron.checkpoint.global_shard import GlobalShard, GlobalShardBlocks
+from goldtron.checkpoint.rng_state import RNG_PREFIX
 from goldtron.model.embedding import WORD_EMBEDDING_NAME
 
 OPTIMIZER_PREFIX = "optimizer.state."
 ADAM_MOMENTS = ("exp_avg", "exp_avg_sq")
-RNG_PREFIX = "rng_state."
 
 
 def optimizer_key(kind: str, parameter_name: str) -> str:

@@ -13,8 +13,11 @@ import random
 import numpy as np
 import torch
 
-from goldtron.checkpoint.model_state import RNG_PREFIX
 from goldtron.parallel.random import DropoutRNG
+
+# Keys of RNG values in a checkpoint. Defined here, not beside the model keys: a run that never
+# checkpoints still builds a RankRandomState, and model_state imports torch.distributed.checkpoint.
+RNG_PREFIX = "rng_state."
 
 
 def rng_key(ps) -> str:

@@ -54,7 +54,7 @@ def build_trainer(args, ps, device: torch.device, metrics_file=None):
     from goldtron.parallel.random import DropoutRNG
     from goldtron.parallel.schedule import Schedule
     from goldtron.checkpoint.rng_state import RankRandomState
-    from goldtron.training.checkpointing import CheckpointParts, build_checkpointer
+    from goldtron.training.checkpointer import CheckpointParts, build_checkpointer
     from goldtron.training.loop import Trainer
     from goldtron.training.lr_schedule import LRSchedule
     from goldtron.training.memory import MemoryStats

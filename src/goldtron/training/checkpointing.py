@@ -1,13 +1,14 @@
 """torch_dist checkpoints for the training loop: what main.py and the loop call.
 
-    checkpointer = build_checkpointer(args, ps, parts)  # NullCheckpointer without --save/--load
+    checkpointer = build_checkpointer(args, ps, parts)  # training/checkpointer.py: NullCheckpointer
+                                                        # without --save/--load, else a Checkpointer
     checkpointer.load()                   # before training: restore, or say "starting from scratch"
     checkpointer.after_step()             # save every --save-interval iterations
     checkpointer.before_optimizer_step()  # --async-save: wait until the background copy exists
     checkpointer.at_end()                 # final save (as Megatron), then wait for any background write
     checkpointer.close()                  # always: never leave a background write behind
 
-`parts` (CheckpointParts) are the stateful pieces a checkpoint holds: the model and optimizer
+`parts` (CheckpointParts, training/checkpointer.py) are the stateful pieces a checkpoint holds: the model and optimizer
 (saved as global tensors, checkpoint/model_state.py), and the progress, LR schedule and RNG
 streams (each through its state_dict / load_state_dict). The checkpointer knows nothing else of
 the trainer.
@@ -23,7 +24,6 @@ import copy
 import os
 import threading
 import time
-from dataclasses import dataclass
 
 import torch
 
@@ -49,34 +49,7 @@ from goldtron.checkpoint.model_state import (
 from goldtron.checkpoint.safe_objects import SafeFileSystemReader
 from goldtron.checkpoint.validation import FoundCheckpoint, check_architecture, find_checkpoint
 from goldtron.checkpoint.writer import prepare_in_progress_dir, write_checkpoint
-from goldtron.training.lr_schedule import LRSchedule
-from goldtron.training.optimizer import Optimizer
-from goldtron.training.progress import TrainingProgress
-
-
-@dataclass
-class CheckpointParts:
-    model: torch.nn.Module
-    optimizer: Optimizer
-    lr_schedule: LRSchedule
-    progress: TrainingProgress
-    rng: rng_state.RankRandomState
-
-
-def build_checkpointer(args, ps, parts: CheckpointParts):
-    if not args.save and not args.load:
-        return NullCheckpointer()
-    return Checkpointer(args, ps, parts)
-
-
-class NullCheckpointer:
-    """No --save and no --load: every call does nothing (the loop calls them all the same)."""
-
-    def load(self) -> None: ...
-    def after_step(self) -> None: ...
-    def before_optimizer_step(self) -> None: ...
-    def at_end(self) -> None: ...
-    def close(self) -> None: ...
+from goldtron.training.checkpointer import CheckpointParts
 
 
 class Checkpointer:
