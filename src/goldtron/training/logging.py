@@ -3,10 +3,20 @@
 from __future__ import annotations
 
 import datetime
+import struct
 import sys
 
 from goldtron.trainer_contract import ITERATION_FIELD, LOSS_FIELD
 
+
+def as_float32(value: float) -> float:
+    """`value` rounded to fp32: what TensorBoard records of it (its scalars are fp32) and what
+    Megatron prints (its reduced loss is an fp32 tensor). The loss is reduced in fp64 here; printing
+    that at 6 decimals could differ from the recorded value in the last digit."""
+    try:
+        return struct.unpack("f", struct.pack("f", value))[0]
+    except OverflowError:  # beyond fp32's range: fp32 holds it as an infinity
+        return float("inf") if value > 0 else float("-inf")
 
 
 def megatron_log_line(iteration: int, train_iters: int, values: dict) -> str:
@@ -17,7 +27,7 @@ def megatron_log_line(iteration: int, train_iters: int, values: dict) -> str:
              f" elapsed time per iteration (ms): {values['iteration_time'] * 1000.0:.1f} |",
              f" learning rate: {values['learning_rate']:.6E} |",
              f" global batch size: {values['batch_size']:5d} |",
-             f" {LOSS_FIELD.format(lm_loss=values['lm_loss'])} |",
+             f" {LOSS_FIELD.format(lm_loss=as_float32(values['lm_loss']))} |",
              " loss scale: 1.0 |",
              f" grad norm: {values['grad_norm']:.3f} |"]
     if values.get("num_zeros") is not None:

@@ -17,7 +17,7 @@ from goldtron.parallel.schedule import MicroBatch, Schedule, StepLoss
 from goldtron.parallel.state import ParallelState
 from goldtron.parallel.trace import KINDS, StepTrace, append_step
 from goldtron.training import grads
-from goldtron.training.logging import TensorBoardLog, megatron_log_line, print_rank
+from goldtron.training.logging import TensorBoardLog, as_float32, megatron_log_line, print_rank
 from goldtron.training.lr_schedule import LRSchedule
 from goldtron.training.memory import MemoryStats
 from goldtron.training.metrics_file import MetricsFile
@@ -175,7 +175,7 @@ class Trainer:
         self.tb.scalar(tags.LM_LOSS_VALIDATION, loss, self.iteration)
         if self.args.log_validation_ppl_to_tensorboard:
             self.tb.scalar(tags.LM_LOSS_VALIDATION_PPL, ppl, self.iteration)
-        line = f" validation loss at {where} | lm loss value: {loss:.6E} | lm loss PPL: {ppl:.6E} |"
+        line = f" validation loss at {where} | lm loss value: {as_float32(loss):.6E} | lm loss PPL: {as_float32(ppl):.6E} |"
         bar = "-" * (len(line) + 1)
         print_rank(f"{bar}\n{line}\n{bar}", True)
 
