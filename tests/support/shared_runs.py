@@ -11,7 +11,9 @@ run reads declares them as a module constant
 and reads them through the session-scoped `shared_runs` fixture (tests/conftest.py).
 The collected modules' runs of one process count go into launches of up to RUNS_PER_LAUNCH runs,
 in collection order; the first module to need a run starts its launch (support/batch_worker.py:
-each run built from its own flags, on process groups made once per layout). Runs of the same
+each run built from its own flags, on process groups made once per layout). The launches a test
+needs run in two lanes, the one-process ones beside the others (support/torchrun.py in_two_lanes:
+a one-process run leaves one of 2 cores idle). Runs of the same
 processes and flags run once: the same flags give the same bits, across processes and after
 other runs in a batch (test_layouts.py checks both).
 A flag containing RUN_DIR gets the run's own folder (where its stdout logs are written) instead.
@@ -19,10 +21,11 @@ A flag containing RUN_DIR gets the run's own folder (where its stdout logs are w
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Iterable
 from pathlib import Path
 
-from support.torchrun import batched_log, train_batches_and_read
+from support.torchrun import NOT_RUN, batched_log, in_two_lanes, raise_first, train_batches_and_read
 
 RUN_DIR = "{RUN_DIR}"
 # At most this many runs a launch: the first test to need a launch pays for all of it inside its
@@ -76,15 +79,21 @@ class SharedRuns:
         """Run the launches holding any of `folders` that have not run; the folders of each."""
         if folders & self.failed:  # one failed launch fails every module that needs it, once
             raise AssertionError("a shared launch these runs are in failed (see the first test that needed it)")
-        done = []
-        for launch in [launch for launch in self.launches if folders & launch.keys()]:
+        needed = [launch for launch in self.launches if folders & launch.keys()]
+        for launch in needed:
             self.launches.remove(launch)
-            try:
-                self.records.update(train_batches_and_read(self.out_dir, launch))
-            except BaseException:
+        outcomes = in_two_lanes([(next(iter(launch.values()))[0], functools.partial(train_batches_and_read, self.out_dir, launch))
+                                 for launch in needed])
+        done = []
+        for launch, outcome in zip(needed, outcomes):
+            if outcome is NOT_RUN:  # after a failure in its lane: still to run
+                self.launches.append(launch)
+            elif isinstance(outcome, BaseException):
                 self.failed.update(launch)
-                raise
-            done.append(set(launch))
+            else:
+                self.records.update(outcome)
+                done.append(set(launch))
+        raise_first(outcomes)
         return done
 
     def log(self, run: Run) -> str:
