@@ -12,8 +12,8 @@ and reads them through the session-scoped `shared_runs` fixture (tests/conftest.
 The collected modules' runs of one process count go into launches of up to RUNS_PER_LAUNCH runs,
 in collection order; the first module to need a run starts its launch (support/batch_worker.py:
 each run built from its own flags, on process groups made once per layout). The launches a test
-needs run in two lanes, the one-process ones beside the others (support/torchrun.py in_two_lanes:
-a one-process run leaves one of 2 cores idle). Runs of the same
+needs run side by side, one lane per process count (support/torchrun.py in_lanes: tiny runs wait on
+gloo more than they compute). Runs of the same
 processes and flags run once: the same flags give the same bits, across processes and after
 other runs in a batch (test_layouts.py checks both).
 A flag containing RUN_DIR gets the run's own folder (where its stdout logs are written) instead.
@@ -25,7 +25,7 @@ import functools
 from collections.abc import Iterable
 from pathlib import Path
 
-from support.torchrun import NOT_RUN, batched_log, in_two_lanes, raise_first, train_batches_and_read
+from support.torchrun import NOT_RUN, batched_log, in_lanes, raise_first, train_batches_and_read
 
 RUN_DIR = "{RUN_DIR}"
 # At most this many runs a launch: the first test to need a launch pays for all of it inside its
@@ -82,7 +82,7 @@ class SharedRuns:
         needed = [launch for launch in self.launches if folders & launch.keys()]
         for launch in needed:
             self.launches.remove(launch)
-        outcomes = in_two_lanes([(next(iter(launch.values()))[0], functools.partial(train_batches_and_read, self.out_dir, launch))
+        outcomes = in_lanes([(next(iter(launch.values()))[0], functools.partial(train_batches_and_read, self.out_dir, launch))
                                  for launch in needed])
         done = []
         for launch, outcome in zip(needed, outcomes):

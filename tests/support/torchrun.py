@@ -106,22 +106,24 @@ def train_batches_and_read(out_dir: Path, runs: dict[str, tuple[int, list[str]]]
         spec.write_text(json.dumps({"runs": batch}))
         launches.append((nproc, functools.partial(run_script, nproc, BATCH_WORKER, [str(spec)],
                                                   timeout=60 + timeout_per_run * len(batch))))
-    raise_first(in_two_lanes(launches))
+    raise_first(in_lanes(launches))
     # A run that loads a checkpoint at its --train-iters takes no step (it only saves): no records.
     return {name: read_metrics_file(path) if (path := out_dir / name / "metrics.jsonl").exists() else []
             for name in runs}
 
 
-NOT_RUN = object()  # in_two_lanes' outcome of a launch after a failed one in its lane
+NOT_RUN = object()  # in_lanes' outcome of a launch after a failed one in its lane
 
 
-def in_two_lanes(launches: list[tuple[int, Callable[[], object]]]) -> list[object]:
-    """Run the one-process launches of [(processes, launch)], in order, in a thread beside the
-    others (in order, here), and give each launch's outcome: its return value, the exception it
-    raised, or NOT_RUN after a failure in its lane. A one-process run has one thread, so on 2 cores
-    it leaves one idle while it runs alone (measured, Intel Xeon AVX512: 8 tiny one-process runs and
-    6 tiny TP2 x PP2 runs, one launch each, 40.5 / 39.6 s one after the other, 33.4 / 31.0 s side by
-    side). Fixed threads per rank keep every run's bits whatever runs beside it."""
+def in_lanes(launches: list[tuple[int, Callable[[], object]]]) -> list[object]:
+    """Run [(processes, launch)] in one lane per process count, the lanes side by side (threads),
+    each in order, and give each launch's outcome: its return value, the exception it raised, or
+    NOT_RUN after a failure in its lane. Tiny runs are bound by gloo's wake-ups, not compute, and a
+    one-process run has one thread: a launch alone leaves much of the 2 cores idle. Measured on the
+    Intel Xeon AVX512 kind, one launch each: 8 tiny one-process runs + 6 tiny TP2 x PP2 runs
+    40.5 / 39.6 s in turn, 33.4 / 31.0 s side by side; 6 TP2 runs + 6 TP2 x PP2 runs 58.2 / 63.5 s
+    in turn, 50.0 / 50.1 s side by side. Fixed threads per rank keep every run's bits whatever runs
+    beside it; no two launches given together write what the other reads."""
     outcomes: list[object] = [NOT_RUN] * len(launches)
 
     def lane(indices: list[int]) -> None:
@@ -132,15 +134,16 @@ def in_two_lanes(launches: list[tuple[int, Callable[[], object]]]) -> list[objec
                 outcomes[index] = error
                 return
 
-    alone = [index for index, (nproc, _) in enumerate(launches) if nproc == 1]
-    others = [index for index, (nproc, _) in enumerate(launches) if nproc != 1]
-    side = threading.Thread(target=lane, args=(alone,), daemon=True) if alone and others else None
-    if side is not None:
-        side.start()
-        lane(others)
-        side.join()
-    else:
-        lane(list(range(len(launches))))
+    lanes: dict[int, list[int]] = {}
+    for index, (nproc, _) in enumerate(launches):
+        lanes.setdefault(nproc, []).append(index)
+    *beside, here = list(lanes.values()) or [[]]
+    threads = [threading.Thread(target=lane, args=(indices,), daemon=True) for indices in beside]
+    for thread in threads:
+        thread.start()
+    lane(here)
+    for thread in threads:
+        thread.join()
     return outcomes
 
 
