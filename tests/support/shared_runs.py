@@ -35,6 +35,11 @@ RUNS_PER_LAUNCH = 16
 Run = tuple[int, list[str]]
 
 
+def _processes(launch: dict[str, Run]) -> int:
+    """A launch's process count (every run of a launch has the same)."""
+    return next(iter(launch.values()))[0]
+
+
 def _key(run: Run) -> tuple[int, tuple[str, ...]]:
     nproc, flags = run
     return nproc, tuple(flags)
@@ -59,7 +64,7 @@ class SharedRuns:
             self.folder_of[_key(run)] = folder
             nproc, flags = run
             launch = next((launch for launch in self.launches if len(launch) < RUNS_PER_LAUNCH
-                           and next(iter(launch.values()))[0] == nproc), None)
+                           and _processes(launch) == nproc), None)
             if launch is None:
                 launch = {}
                 self.launches.append(launch)
@@ -82,8 +87,8 @@ class SharedRuns:
         needed = [launch for launch in self.launches if folders & launch.keys()]
         for launch in needed:
             self.launches.remove(launch)
-        outcomes = in_lanes([(next(iter(launch.values()))[0], functools.partial(train_batches_and_read, self.out_dir, launch))
-                                 for launch in needed])
+        outcomes = in_lanes([(_processes(launch), functools.partial(train_batches_and_read, self.out_dir, launch))
+                             for launch in needed])
         done = []
         for launch, outcome in zip(needed, outcomes):
             if outcome is NOT_RUN:  # after a failure in its lane: still to run

@@ -137,11 +137,9 @@ def in_lanes(launches: list[tuple[int, Callable[[], object]]]) -> list[object]:
     lanes: dict[int, list[int]] = {}
     for index, (nproc, _) in enumerate(launches):
         lanes.setdefault(nproc, []).append(index)
-    *beside, here = list(lanes.values()) or [[]]
-    threads = [threading.Thread(target=lane, args=(indices,), daemon=True) for indices in beside]
+    threads = [threading.Thread(target=lane, args=(indices,), daemon=True) for indices in lanes.values()]
     for thread in threads:
         thread.start()
-    lane(here)
     for thread in threads:
         thread.join()
     return outcomes
