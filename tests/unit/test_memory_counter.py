@@ -28,6 +28,22 @@ def test_counts_bytes_from_first_sight_to_free_and_keeps_the_peak():
     assert (counter.allocated, counter.peak, counter.frees_elsewhere) == (0, 6000, 0)
 
 
+def test_every_tensor_of_a_multi_output_op_is_counted_once():
+    """Ops return a tensor, a named tuple (sort) or a list (split's views, unbind): each new storage
+    counts once, a view of a counted one not at all."""
+    x = torch.arange(1000, dtype=torch.float32)  # made before the counter: not counted
+    with CpuAllocationCounter() as counter:
+        values, indices = torch.sort(x, descending=True)  # 4000 + 8000 bytes
+        assert counter.allocated == 12000
+        parts = torch.split(values, 100)  # views of values
+        rows = values.view(10, 100).unbind(0)  # views too
+        assert counter.allocated == 12000
+        del values, parts, rows
+        assert counter.allocated == 8000
+        del indices
+    assert (counter.allocated, counter.peak) == (0, 12000)
+
+
 def test_a_free_on_another_thread_is_counted_as_such():
     with CpuAllocationCounter() as counter:
         box = [torch.zeros(16)]
