@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 import time
 from datetime import datetime
@@ -99,7 +100,11 @@ def main(argv: list[str]) -> int:
         began = time.perf_counter()
         if args.fake_crash_at_iteration == iteration and rank == min(1, world - 1):
             print(f"RuntimeError: injected crash at iteration {iteration} on rank {rank}", file=sys.stderr, flush=True)
-            return 3
+            # Leave at once, as a crash does: a normal exit tears down gloo's threads while the
+            # group is live, and that teardown sometimes aborts (seen: SIGABRT, "terminate called
+            # without an active exception") instead of exiting with the injected code.
+            sys.stdout.flush()
+            os._exit(3)
         if args.fake_hang_at_iteration == iteration:
             time.sleep(3600)
         while time.perf_counter() - began < args.fake_step_seconds:
