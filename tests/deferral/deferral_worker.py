@@ -57,7 +57,7 @@ def run_one(name: str, flags: list[str], ps_holder: list, out_dir: Path) -> None
         ps_holder.append(ParallelState.create(args.tensor_model_parallel_size, args.pipeline_model_parallel_size,
                                               torch.device("cpu"), "gloo"))
     ps = ps_holder[0]
-    trainer = build_trainer(args, ps, torch.device("cpu"))
+    trainer = build_trainer(args, ps, torch.device("cpu"), memory_on_every_rank=True)  # each rank's bytes are checked
     layer = trainer.model.output_layer
     buffer = None if layer is None else layer.deferred
     per_step = {"most_kept_bytes": 0}

@@ -42,10 +42,13 @@ def _seed_everything(args, pp_rank: int) -> None:
     torch.manual_seed(seed)
 
 
-def build_trainer(args, ps, device: torch.device, metrics_file=None):
+def build_trainer(args, ps, device: torch.device, metrics_file=None, memory_on_every_rank: bool = False):
     """Model, optimizer, data and schedule for `args` on existing process groups (tests build several
     trainers in one torchrun launch, so this is separate from group set-up and tear-down).
-    `metrics_file`: a MetricsFile for full-precision values (default: none written)."""
+    `metrics_file`: a MetricsFile for full-precision values (default: none written).
+    `memory_on_every_rank`: run the CPU memory counter of `--log-memory-to-tensorboard` on every
+    rank, not only on the logging rank, the one rank whose figures are written (for tests that read
+    each rank's)."""
     # Imported here so `goldtron train --help`-style failures stay cheap.
     from goldtron.data.errors import DataError
     from goldtron.data.provider import build_datasets, build_tokenizer
@@ -76,7 +79,10 @@ def build_trainer(args, ps, device: torch.device, metrics_file=None):
         is_builder_rank=ps.rank == 0, barrier=dist.barrier,
     )
 
-    memory = MemoryStats(device, enabled=args.log_memory_to_tensorboard, release=ps.backend_release)
+    # The CPU counter costs a Python call per op (training/memory.py), and only the logging rank's
+    # figures are written (as Megatron writes the last rank's): the other ranks need not pay it.
+    count_memory = args.log_memory_to_tensorboard and (ps.is_logging_rank or memory_on_every_rank)
+    memory = MemoryStats(device, enabled=count_memory, release=ps.backend_release)
     rng = DropoutRNG(args.seed, ps.pp_rank, ps.tp_rank, device)
     model = GPTStage(args, ps, rng)
     optimizer = build_optimizer(model, args, ps)
