@@ -160,3 +160,21 @@ def test_calibration_times_a_real_workload_and_is_needed_for_a_portable_golden(c
     assert reference.time_scale is None  # set once this machine's calibration is timed
     with pytest.raises(GateInputError, match="needs this machine's calibration"):
         reference.use_calibration(None)
+
+
+
+def test_one_calibration_process_serves_every_timing_and_a_dead_one_is_reported(tmp_path):
+    from goldtron.gate.calibration import WORKLOAD, Calibrator
+
+    with Calibrator() as calibrator:
+        first = calibrator.measure(repeats=1)
+        child = calibrator._process.pid
+        second = calibrator.measure(repeats=1)
+        assert calibrator._process.pid == child  # torch imported once for both timings
+    assert calibrator._process is None and first["workload"] == second["workload"] == WORKLOAD
+    assert 0 < second["seconds"] < 600  # a bound only against a hang, not a speed test
+    broken = tmp_path / "python"  # an interpreter that dies at start, saying why on stderr
+    broken.write_text("#!/bin/sh\necho 'no torch here' >&2\nexit 3\n")
+    broken.chmod(0o755)
+    with pytest.raises(RuntimeError, match="calibration workload failed: it exited: no torch here"):
+        Calibrator(python=str(broken)).measure()

@@ -9,14 +9,19 @@ thread per rank). It uses plain torch only, none of goldtron's trainer code, so 
 cannot slow it down: the trainer's regression shows in the ratio.
 
 Run as `python -m goldtron.gate.calibration` (the gate does not import torch itself: that costs
-seconds); it prints one JSON line {"workload": ..., "seconds": ...}.
+seconds); it prints one JSON line {"workload": ..., "seconds": ...}. With `--serve` it times the
+workload once per line read on stdin, until stdin closes: the gate's `Calibrator` keeps one such
+process for all its timings, so torch is imported once (~1.5 s of a 2-core machine) rather than
+once per timing.
 """
 
 from __future__ import annotations
 
 import json
+import select
 import subprocess
 import sys
+import tempfile
 import time
 
 WORKLOAD = "lm-head-512x128x25152-fp32-1thread-v1"
@@ -53,14 +58,68 @@ def faster(first: dict | None, second: dict | None) -> dict | None:
     return min(timings, key=lambda timing: timing["seconds"]) if timings else None
 
 
-def measure(python: str = sys.executable) -> dict:
-    """Time the workload in a fresh process (the caller need not import torch)."""
-    result = subprocess.run([python, "-m", "goldtron.gate.calibration"], capture_output=True, text=True,
-                            timeout=TIMEOUT_S)
-    if result.returncode != 0:
-        raise RuntimeError(f"calibration workload failed: {result.stderr.strip()[-2000:]}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def timing(repeats: int = REPEATS) -> dict:
+    return {"workload": WORKLOAD, "seconds": time_workload(repeats)}
+
+
+class Calibrator:
+    """Times the workload in a child process (the caller need not import torch), started at the first
+    `measure()` and kept, blocked on its stdin, for the next ones; `close()` (or leaving the `with`
+    block) ends it. Between timings it uses no CPU, so it cannot slow the phases it waits through."""
+
+    def __init__(self, python: str = sys.executable):
+        self._python = python
+        self._process: subprocess.Popen | None = None
+        self._stderr = None
+        self._last_stderr = ""  # what the last child wrote to stderr, once it has ended
+
+    def measure(self, repeats: int = REPEATS) -> dict:
+        if self._process is None:
+            self._stderr = tempfile.TemporaryFile(mode="w+")  # a file: a chatty child can never block on it
+            # Its own session: a Ctrl-C meant for the gate's phases does not end it mid-protocol.
+            self._process = subprocess.Popen([self._python, "-m", "goldtron.gate.calibration", "--serve"],
+                                             stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=self._stderr,
+                                             text=True, start_new_session=True)
+        try:
+            self._process.stdin.write(f"{repeats}\n")
+            self._process.stdin.flush()
+        except BrokenPipeError:
+            pass  # it has died: the read below says why
+        ready, _, _ = select.select([self._process.stdout], [], [], TIMEOUT_S)
+        line = self._process.stdout.readline() if ready else ""
+        if not line:
+            reason = "it exited" if ready else f"no timing within {TIMEOUT_S} s"
+            self.close()
+            raise RuntimeError(f"calibration workload failed: {reason}: {self._last_stderr}")
+        return json.loads(line)
+
+    def close(self) -> None:
+        if self._process is None:
+            return
+        try:
+            self._process.stdin.close()  # the served loop ends at end of input
+            self._process.wait(timeout=10)
+        except (BrokenPipeError, subprocess.TimeoutExpired):
+            self._process.kill()
+            self._process.wait()
+        self._stderr.seek(0)
+        self._last_stderr = self._stderr.read().strip()[-2000:]
+        self._stderr.close()
+        self._process = None
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+
+def serve() -> None:
+    """One timing per line of stdin (the line: how many repeats), each printed as a JSON line, until
+    stdin closes."""
+    for line in sys.stdin:
+        print(json.dumps(timing(int(line))), flush=True)
 
 
 if __name__ == "__main__":
-    print(json.dumps({"workload": WORKLOAD, "seconds": time_workload()}))
+    serve() if sys.argv[1:] == ["--serve"] else print(json.dumps(timing()))

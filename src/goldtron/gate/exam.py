@@ -14,9 +14,10 @@ import json
 import threading
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
-from goldtron.gate.calibration import faster
+from goldtron.gate.calibration import Calibrator, faster
 from goldtron.gate.case import CONFIG_NAME, golden_file_name, load_case
 from goldtron.gate.cpu_sizing import sized_case, wants_cpu_size
 from goldtron.gate.equivalence import (EQUIVALENCE_LINE, judge_against_twin, run_twin, single_process_twin,
@@ -82,15 +83,14 @@ def _write_values(folder: Path, request: TestRequest, platform: str, case, run1:
     return written
 
 
-def _calibrate(case) -> dict | None:
+def _calibrate(case, calibrator: Calibrator) -> dict | None:
     """The calibration workload timed on this machine (CPUs only, and only when iteration-time is
     checked): what makes this run's iteration-time comparable with another machine's."""
-    from goldtron.gate.calibration import measure
     from goldtron.gate.portable import CALIBRATED_METRIC
 
     if CALIBRATED_METRIC not in case.metrics or gpu_count():
         return None
-    return measure()
+    return calibrator.measure()
 
 
 def _warm_imports(plot: bool) -> None:
@@ -128,7 +128,7 @@ def _case_as_run(request: TestRequest, platform: str):
     return case, size_notes, equivalence
 
 
-def _run_test(request: TestRequest, reports: list | None = None) -> int:
+def _run_test(request: TestRequest, reports: list | None = None, *, calibrator: Calibrator) -> int:
     """One case; its CaseReport is appended to `reports` when given (a folder run's table)."""
     started = time.monotonic()
     platform = request.platform or detect_platform()
@@ -152,7 +152,7 @@ def _run_test(request: TestRequest, reports: list | None = None) -> int:
         print(refused, flush=True)
         report.errors.append(f"the trainer refuses the case's flags: {refused}")
         return EXIT_BAD_INPUT
-    calibration = _calibrate(case) if judging else None  # timed again after the phases
+    calibration = _calibrate(case, calibrator) if judging else None  # timed again after the phases
     try:
         if equivalence:
             reference = Reference(None, choice.path, tolerances=case.tolerances)
@@ -195,7 +195,7 @@ def _run_test(request: TestRequest, reports: list | None = None) -> int:
         repeat = run_repeat(case, options, index)
         training_s += repeat.training_wall_s
         if judging and index == 1:
-            calibration = faster(calibration, _calibrate(case))
+            calibration = faster(calibration, _calibrate(case, calibrator))
             reference.use_calibration(calibration)
         config_error = config_error or any(phase.config_error for phase in repeat.phases)
         if not judging:
@@ -252,13 +252,13 @@ def run_test(request: TestRequest) -> int:
     """`goldtron test`. SIGINT/SIGTERM/SIGHUP stop the running phase's process tree (run_phase) and
     end the run with exit code 128 + the signal; goldens are written only after judging, and
     atomically, so an interrupt leaves none behind, not even half of one."""
-    with stop_on_signals():
+    with stop_on_signals(), Calibrator() as calibrator:  # one calibration process for every case
         try:
             if _is_folder_of_cases(Path(request.case_dir)):
                 from goldtron.gate.folder_run import run_folder
 
-                return run_folder(request, _run_test)
-            return _run_test(request)
+                return run_folder(request, partial(_run_test, calibrator=calibrator))
+            return _run_test(request, calibrator=calibrator)
         except GateInterrupted as interrupted:
             interrupted.case = interrupted.case or Path(request.case_dir).name
             return report_interrupt(interrupted, request.output_dir)
