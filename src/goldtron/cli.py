@@ -12,6 +12,7 @@ import sys
 
 COMMANDS: dict[str, tuple[str, str]] = {
     "train": ("goldtron.training.main:main", "train one rank (run under torchrun for many)"),
+    "launch": ("goldtron.training.launch:main", "start one node's ranks of `train`, forked after one torch import"),
     "test": ("goldtron.gate.commands:test_main", "run a functional test case and judge it"),
     "compare": ("goldtron.gate.commands:compare_main", "compare a run with a golden file"),
     "golden": ("goldtron.gate.commands:golden_main", "golden files: from-tensorboard, diff, validate, stats"),

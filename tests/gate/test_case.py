@@ -8,7 +8,7 @@ import yaml
 from goldtron.gate import commands
 from goldtron.gate.case import find_cases, load_case, model_args_to_argv
 from goldtron.gate.errors import GateInputError
-from goldtron.gate.launcher import LaunchOptions, trainer_target
+from goldtron.gate.launcher import FORK, TORCHRUN, LaunchOptions, choose_launcher, phase_argv, trainer_target
 from goldtron.gate.platform import cpu_platform_name, gpu_platform_name
 from goldtron.gate.runner import check_layout_fits, check_supported, default_nproc, prepare_resume, resume_step
 
@@ -87,6 +87,25 @@ def test_rendezvous_flags():
     assert flags[-1] == "127.0.0.1:29403" and "static" in flags
     with pytest.raises(GateInputError, match="rdzv-endpoint"):
         LaunchOptions(2, nnodes=2)
+
+
+def test_launcher_choice_forks_only_goldtrons_trainer_on_one_cpu_node(tmp_path):
+    ours, megatron = ("python", "-m", "goldtron", "train"), ("python", "pretrain_gpt.py")
+    assert choose_launcher("auto", ours, nnodes=1, gpus=0) == FORK
+    assert choose_launcher("auto", ours, nnodes=2, gpus=0) == TORCHRUN
+    assert choose_launcher("auto", ours, nnodes=1, gpus=8) == TORCHRUN
+    assert choose_launcher("auto", megatron, nnodes=1, gpus=0) == TORCHRUN
+    assert choose_launcher("torchrun", ours, nnodes=1, gpus=0) == TORCHRUN
+    with pytest.raises(GateInputError, match="own trainer only"):
+        choose_launcher("fork", megatron, nnodes=1, gpus=0)
+    with pytest.raises(GateInputError, match="one node"):
+        LaunchOptions(2, nnodes=2, rdzv_endpoint="h:1", launcher=FORK)
+    forked = phase_argv(ours, tmp_path, ["--num-layers", "2"], LaunchOptions(4, launcher=FORK), 0, tmp_path / "ranks")
+    assert forked[1:] == ["-m", "goldtron", "launch", "--nproc-per-node", "4", "--log-dir", str(tmp_path / "ranks"),
+                          "--", "--num-layers", "2"]
+    by_torchrun = phase_argv(ours, tmp_path, ["--num-layers", "2"], LaunchOptions(4), 0, tmp_path / "ranks")
+    assert by_torchrun[1:3] == ["-m", "torch.distributed.run"] and by_torchrun[-4:] == ["goldtron", "train",
+                                                                                         "--num-layers", "2"]
 
 
 def test_prepare_resume_drops_later_checkpoints(tmp_path):

@@ -75,6 +75,7 @@ DEFAULT_CASES_ROOT = Path("tests/functional_tests/test_cases")
 
 def _test_parser() -> _Parser:
     from goldtron.gate.cpu_sizing import SIZES
+    from goldtron.gate.launcher import LAUNCHERS
 
     parser = _Parser(prog="goldtron test", description="Run a functional test case and judge it against its golden values.")
     parser.add_argument("case", type=Path, help="case folder holding model_config.yaml, or a folder of cases "
@@ -89,6 +90,9 @@ def _test_parser() -> _Parser:
     parser.add_argument("--nnodes", type=int, default=1, help="nodes of the job (torchrun static rendezvous)")
     parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 hosts the rendezvous)")
     parser.add_argument("--rdzv-endpoint", help="HOST:PORT of node 0, needed with --nnodes > 1")
+    parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
+                        help="how the ranks start: fork (goldtron launch: one torch import, then forked ranks), "
+                             "torchrun, or auto (default): fork for goldtron's own trainer on one node without GPUs")
     parser.add_argument("--frozen-checkpoint", type=Path, help="stored checkpoint for frozen-resume")
     parser.add_argument("--n-repeat", type=int, help="override the case's N_REPEAT")
     parser.add_argument("--no-plot", action="store_true", help="skip the PNG")

@@ -84,7 +84,8 @@ def run_twin(case: Case, options, report) -> tuple[Golden | None, bool]:
     """Train `case`'s single-process twin under `options.output_dir`/single_process: its values, or
     None (the failure is in `report.errors`); and whether the trainer refused its configuration."""
     twin = single_process_twin(case)
-    twin_options = replace(options, output_dir=options.output_dir / "single_process", launch=LaunchOptions(1),
+    twin_options = replace(options, output_dir=options.output_dir / "single_process",
+                           launch=LaunchOptions(1, launcher=options.launch.launcher),
                            repeats=1, run_name=f"{case.name} single-process twin")
     repeat = run_repeat(twin, twin_options, 1)
     failures = [f"single-process twin: {phase.describe_failure()}" for phase in repeat.phases if not phase.ok]

@@ -27,7 +27,7 @@ from goldtron.gate.golden import Golden, write_golden
 from goldtron.gate.golden_choice import choose_golden
 from goldtron.gate.interrupts import GateInterrupted, report_interrupt, stop_on_signals
 from goldtron.gate.judging import Reference, judge_repeat, load_reference, recorded_golden, second_run_golden
-from goldtron.gate.launcher import LaunchOptions
+from goldtron.gate.launcher import LaunchOptions, choose_launcher
 from goldtron.gate.platform import DEFAULT_ENVIRONMENT, detect_platform, gpu_count
 from goldtron.gate.report import CaseReport, print_table, write_reports
 from goldtron.gate.runner import (RunOptions, check_layout_fits, check_supported, default_nproc, frozen_checkpoint,
@@ -54,6 +54,7 @@ class TestRequest:
     plot: bool = True
     size: str = "auto"
     equivalence: bool = False
+    launcher: str = "auto"
     command: list[str] = field(default_factory=list)
     progress: object = None
 
@@ -66,7 +67,7 @@ class TestRequest:
         return cls(args.case, args.environment or DEFAULT_ENVIRONMENT, args.platform, args.record, args.output_dir,
                    args.allow_nondeterministic, args.data_path.expanduser(), args.nproc_per_node, args.nnodes,
                    args.node_rank, args.rdzv_endpoint, args.frozen_checkpoint, args.n_repeat, not args.no_plot,
-                   args.size, args.equivalence, command)
+                   args.size, args.equivalence, args.launcher, command)
 
 
 def _write_values(folder: Path, request: TestRequest, platform: str, case, run1: Golden, run2: Golden | None,
@@ -137,8 +138,9 @@ def _run_test(request: TestRequest, reports: list | None = None, *, calibrator: 
     n_repeat = request.n_repeat or case.n_repeat
     output_dir = (request.output_dir or Path("runs") / case.name).resolve()
     gpus = gpu_count() if platform.startswith(("dgx", "gpu")) else 0
+    launcher = choose_launcher(request.launcher, case.trainer, request.nnodes, gpu_count())
     launch = LaunchOptions(request.nproc_per_node or default_nproc(case, gpus, request.nnodes),
-                           request.nnodes, request.node_rank, request.rdzv_endpoint)
+                           request.nnodes, request.node_rank, request.rdzv_endpoint, launcher)
     check_layout_fits(case, launch, gpus if request.nproc_per_node is None else 0)
     judging = launch.is_last_node
     choice = choose_golden(case, request.environment, platform, forced=request.platform is not None)

@@ -1,10 +1,17 @@
-"""Launch one training phase under torchrun: argv, environment, timeout, per-rank logs.
+"""Launch one training phase: argv, environment, timeout, per-rank logs.
+
+Two launchers, one contract (the ranks' environment, `<phase>/ranks/*/attempt_0/<rank>/` logs,
+a `[default<rank>]:`-prefixed console stream, torchrun's "Root Cause" fields on a failure):
+- `fork`: `goldtron launch` (training/launch.py) forks the ranks after one import of torch: for
+  goldtron's own trainer on one node without GPUs, where it starts a 4-rank phase ~4 s sooner;
+- `torchrun`: for any other trainer (Megatron's `pretrain_gpt.py`...), several nodes, or GPUs.
+`--launcher` on `goldtron test` picks one; `auto` (the default) chooses as above.
 
 Nothing goes through a shell: the trainer's argv is a list, so a value in a case's yaml is
-only ever an argument, never executed. Each rank's stdout/stderr is kept by torchrun under
-`<phase>/ranks/`; the merged console stream goes to `<phase>/torchrun.log` and feeds the
-progress display. On a timeout, or when a stop signal reaches the gate (GateInterrupted, see
-interrupts.py), the whole process tree (torchrun and its ranks) is killed.
+only ever an argument, never executed. The merged console stream goes to `<phase>/torchrun.log`
+(its name kept for either launcher) and feeds the progress display. On a timeout, or when a stop
+signal reaches the gate (GateInterrupted, see interrupts.py), the whole process tree (the launcher
+and its ranks) is killed.
 """
 
 from __future__ import annotations
@@ -19,12 +26,15 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from goldtron.gate.case import DEFAULT_TRAINER
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.interrupts import GateInterrupted
 from goldtron.gate.progress import parse_progress
 from goldtron.trainer_contract import EXIT_CONFIG_ERROR
 
 PYTHON_NAMES = ("python", "python3")
+FORK, TORCHRUN = "fork", "torchrun"
+LAUNCHERS = ("auto", FORK, TORCHRUN)
 KILL_GRACE_S = 5.0
 LAST_LINES = 15
 
@@ -43,8 +53,13 @@ class LaunchOptions:
     nnodes: int = 1
     node_rank: int = 0
     rdzv_endpoint: str | None = None
+    launcher: str = TORCHRUN  # FORK or TORCHRUN (choose_launcher resolves "auto")
 
     def __post_init__(self):
+        if self.launcher not in (FORK, TORCHRUN):
+            raise GateInputError(f"launcher {self.launcher!r}: expected {FORK} or {TORCHRUN}")
+        if self.launcher == FORK and self.nnodes > 1:
+            raise GateInputError("--launcher fork starts the ranks of one node; with --nnodes > 1 use torchrun")
         if self.nnodes > 1 and not self.rdzv_endpoint:
             raise GateInputError("--nnodes > 1 needs --rdzv-endpoint HOST:PORT (node 0's address)")
         if not 0 <= self.node_rank < self.nnodes:
@@ -67,6 +82,19 @@ class LaunchOptions:
         host, port = self.rdzv_endpoint.rsplit(":", 1)
         return ["--nnodes", str(self.nnodes), "--node-rank", str(self.node_rank), "--rdzv-backend", "static",
                 "--rdzv-endpoint", f"{host}:{int(port) + launch_index}"]
+
+
+def choose_launcher(requested: str, trainer: tuple[str, ...], nnodes: int, gpus: int) -> str:
+    """`auto`: fork for goldtron's own trainer on one node without GPUs (forking after CUDA is
+    initialised is unsafe, and the GPU path is checked under torchrun), torchrun otherwise."""
+    if requested not in LAUNCHERS:
+        raise GateInputError(f"--launcher {requested!r}: expected one of {', '.join(LAUNCHERS)}")
+    if requested == FORK and tuple(trainer) != DEFAULT_TRAINER:
+        raise GateInputError(f"--launcher fork starts goldtron's own trainer only; the case's TRAINER is "
+                             f"{list(trainer)}. Fix: --launcher torchrun (or auto)")
+    if requested != "auto":
+        return requested
+    return FORK if tuple(trainer) == DEFAULT_TRAINER and nnodes == 1 and gpus == 0 else TORCHRUN
 
 
 def trainer_target(trainer: tuple[str, ...], case_dir: Path) -> list[str]:
@@ -98,6 +126,19 @@ def torchrun_argv(target: list[str], trainer_args: list[str], launch: LaunchOpti
             # Keep every rank's stdout/stderr in its own file and still stream them to us.
             "--log-dir", str(rank_log_dir), "--redirects", "3", "--tee", "3",
             *target, *trainer_args]
+
+
+def fork_argv(trainer_args: list[str], launch: LaunchOptions, rank_log_dir: Path) -> list[str]:
+    return [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", str(launch.nproc_per_node),
+            "--log-dir", str(rank_log_dir), "--", *trainer_args]
+
+
+def phase_argv(trainer: tuple[str, ...], case_dir: Path, trainer_args: list[str], launch: LaunchOptions,
+               launch_index: int, rank_log_dir: Path) -> list[str]:
+    """One phase's command line, by the launcher `launch` names."""
+    if launch.launcher == FORK:
+        return fork_argv(trainer_args, launch, rank_log_dir)
+    return torchrun_argv(trainer_target(trainer, case_dir), trainer_args, launch, launch_index, rank_log_dir)
 
 
 @dataclass
@@ -152,10 +193,10 @@ def _descendants(pid: int) -> list[int]:
 
 
 def _kill_tree(process: subprocess.Popen) -> None:
-    """SIGTERM torchrun and every descendant, then SIGKILL what is left: bounded by 2 x KILL_GRACE_S."""
+    """SIGTERM the launcher and every descendant, then SIGKILL what is left: bounded by 2 x KILL_GRACE_S."""
     victims: list[int] = []
     for sig in (signal.SIGTERM, signal.SIGKILL):
-        # Walk again before each round: a rank torchrun was still starting is a descendant now.
+        # Walk again before each round: a rank the launcher was still starting is a descendant now.
         victims = sorted(set(victims) | set(_descendants(process.pid)))
         for pid in [process.pid, *victims]:
             try:

@@ -21,7 +21,7 @@ from goldtron.gate.case import (
 )
 from goldtron.gate.errors import GateInputError
 from goldtron.gate.interrupts import GateInterrupted
-from goldtron.gate.launcher import LaunchOptions, PhaseOutcome, run_phase, torchrun_argv, trainer_target
+from goldtron.gate.launcher import LaunchOptions, PhaseOutcome, phase_argv, run_phase
 
 TRACKER = "latest_checkpointed_iteration.txt"
 PHASES_PER_REPEAT = 2  # ports and rendezvous ids are numbered per phase slot
@@ -148,7 +148,7 @@ def _launch(case: Case, options: RunOptions, repeat: RepeatRun, phase: str, slot
     trainer_args = model_args_to_argv(case.model_args, placeholders, str(case.config_file))
     suffix = options.launch.log_suffix
     rank_logs = phase_dir / f"ranks{suffix}"
-    argv = torchrun_argv(trainer_target(case.trainer, case.path), trainer_args, options.launch, slot, rank_logs)
+    argv = phase_argv(case.trainer, case.path, trainer_args, options.launch, slot, rank_logs)
     repeat.tensorboard[phase] = tensorboard
     name = options.run_name or case.name
     label = f"{name} repeat {repeat.index} {phase}" if repeat.index > 1 or options.repeats > 1 else f"{name} {phase}"

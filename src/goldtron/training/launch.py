@@ -1,0 +1,293 @@
+"""`goldtron launch`: the ranks of one node's `goldtron train`, forked from one process that has
+imported torch once, with torchrun's environment and console format but not its start-up cost.
+
+    goldtron launch --nproc-per-node N [--log-dir DIR] -- TRAIN_ARGS...
+
+Why: a phase started by torchrun waits for torchrun to import torch.distributed (~1 s) before any
+rank starts, then each rank imports torch, DCP and goldtron itself (~1-2 CPU-s each, 4 at once on
+a 2-core machine). Here the launcher imports them once and forks the ranks, which start with them
+loaded: a 4-rank launch that imports what a checkpointing run needs took 2.1-2.6 s instead of
+torchrun's 6.2-6.4 s (docs/performance.md). The ranks compute exactly what they compute under
+torchrun (the same code, flags and thread count).
+
+What each rank gets, as from `torchrun --standalone`: RANK, LOCAL_RANK, WORLD_SIZE,
+LOCAL_WORLD_SIZE, GROUP_RANK, ROLE_RANK, ROLE_WORLD_SIZE, ROLE_NAME, MASTER_ADDR, MASTER_PORT (rank
+0 hosts the store), TORCHELASTIC_RUN_ID / _RESTART_COUNT / _MAX_RESTARTS, and OMP_NUM_THREADS=1
+unless set. Its stdout and stderr go to `<log-dir>/<run id>/attempt_0/<rank>/{stdout,stderr}.log`
+and, each line prefixed `[default<rank>]:`, to this process's stdout (torchrun's `--tee 3`
+layout, which the gate reads). When a rank fails, the others get FAILURE_GRACE_S to fail with their
+own message, then SIGTERM, then SIGKILL; the first failure is reported with torchrun's "Root Cause"
+fields and the launcher exits 1 (0 when every rank exits 0). SIGINT, SIGTERM or SIGHUP to the
+launcher stops every rank (SIGTERM, then SIGKILL after KILL_GRACE_S; exit 128 + the signal's number),
+and a rank dies with its launcher even when that is SIGKILLed.
+
+Scope: one node, CPU. Forking is safe only while no thread pool or device context exists in the
+parent: it only imports (no torch op, no CUDA call), and the ranks are forked before this process
+starts a thread. GPUs and other trainers are launched by torchrun (gate/launcher.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import ctypes
+import importlib
+import os
+import signal
+import socket
+import sys
+import threading
+import time
+import traceback
+from dataclasses import dataclass
+from pathlib import Path
+
+FAILURE_GRACE_S = 2.0  # a bad flag fails every rank within a second: each may say so itself
+KILL_GRACE_S = 5.0
+# What a rank of `goldtron train` imports: loaded here once, inherited by every rank. A module not
+# listed is imported by the rank itself, which costs time, not correctness.
+PRELOADED = ("torch", "torch.distributed", "goldtron.training.build", "goldtron.training.loop",
+             "goldtron.model.gpt", "goldtron.parallel.schedule", "goldtron.data.provider",
+             "goldtron.training.checkpointer", "goldtron.training.optimizer")
+CHECKPOINT_MODULES = ("torch.distributed.checkpoint",)  # ~1.5 s a process: only for a run that saves or loads
+CHECKPOINT_FLAGS = ("--save", "--load")
+PR_SET_PDEATHSIG = 1
+
+
+def _parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="goldtron launch", description=__doc__.split("\n\n")[0])
+    parser.add_argument("--nproc-per-node", type=int, required=True, help="ranks to start on this node")
+    parser.add_argument("--log-dir", type=Path, help="each rank's stdout/stderr under DIR/<run id>/attempt_0/<rank>/")
+    return parser
+
+
+def _split(argv: list[str]) -> tuple[list[str], list[str]]:
+    if "--" not in argv:
+        return argv, []
+    at = argv.index("--")
+    return argv[:at], argv[at + 1:]
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def rank_environment(rank: int, world: int, port: int, run_id: str) -> dict[str, str]:
+    """What torchrun --standalone gives rank `rank` of `world` on one node."""
+    return {"RANK": str(rank), "LOCAL_RANK": str(rank), "WORLD_SIZE": str(world), "LOCAL_WORLD_SIZE": str(world),
+            "GROUP_RANK": "0", "GROUP_WORLD_SIZE": "1", "ROLE_RANK": str(rank), "ROLE_WORLD_SIZE": str(world),
+            "ROLE_NAME": "default", "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port),
+            "TORCHELASTIC_RUN_ID": run_id, "TORCHELASTIC_RESTART_COUNT": "0", "TORCHELASTIC_MAX_RESTARTS": "0"}
+
+
+STOP_SIGNALS = (signal.SIGTERM, signal.SIGHUP)
+
+
+class Stopped(Exception):
+    """SIGTERM or SIGHUP reached the launcher: its ranks are stopped before it leaves."""
+
+    def __init__(self, signal_number: int):
+        super().__init__(signal.Signals(signal_number).name)
+        self.signal = signal_number
+
+
+def _raise_stopped(signal_number, _frame) -> None:
+    raise Stopped(signal_number)
+
+
+@dataclass
+class Rank:
+    index: int
+    pid: int
+    stdout_fd: int
+    stderr_fd: int
+    exit_code: int | None = None
+    ended_at: float | None = None
+
+
+def _train_main(train_args: list[str]) -> int:
+    from goldtron.training.main import main
+
+    return main(train_args)
+
+
+def _run_rank(rank: int, environment: dict[str, str], stdout_fd: int, stderr_fd: int, train_args: list[str],
+              rank_main):
+    """In the forked child: become the rank and never return."""
+    code = 1
+    try:
+        try:  # die with the launcher, even when it is SIGKILLed (no orphan rank waiting on a store)
+            ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+        except (OSError, AttributeError):
+            pass
+        os.dup2(stdout_fd, 1)
+        os.dup2(stderr_fd, 2)
+        sys.stdout.reconfigure(line_buffering=True)  # a pipe now: each progress line as it is printed
+        os.environ.update(environment)
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+        for stop_signal in STOP_SIGNALS:
+            signal.signal(stop_signal, signal.SIG_DFL)
+        sys.argv = ["goldtron", "train", *train_args]
+        code = rank_main(train_args)
+    except SystemExit as stop:
+        code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
+    except BaseException:  # noqa: BLE001 - a rank's crash is reported by its traceback and exit code
+        traceback.print_exc()
+    finally:
+        from goldtron.training.fast_exit import exit_now
+
+        exit_now(code)  # as `python -m goldtron train` leaves: threads joined, atexit run, streams flushed
+
+
+def _pump(fd: int, rank: int, log_file: Path | None, console, console_lock: threading.Lock) -> None:
+    """One stream of one rank, line by line, into its log file and (prefixed) onto the console."""
+    log = open(log_file, "wb") if log_file is not None else None
+    prefix = f"[default{rank}]:".encode()
+    try:
+        with os.fdopen(fd, "rb", buffering=0) as stream:
+            pending = b""
+            while chunk := stream.read(65536):
+                if log is not None:
+                    log.write(chunk)
+                    log.flush()
+                lines = (pending + chunk).split(b"\n")
+                pending = lines.pop()
+                if lines:
+                    with console_lock:
+                        console.write(b"".join(prefix + line + b"\n" for line in lines))
+                        console.flush()
+            if pending:
+                with console_lock:
+                    console.write(prefix + pending + b"\n")
+                    console.flush()
+    finally:
+        if log is not None:
+            log.close()
+
+
+def _signal_all(ranks: list[Rank], sig: int) -> None:
+    for rank in ranks:
+        if rank.exit_code is None:
+            try:
+                os.kill(rank.pid, sig)
+            except ProcessLookupError:
+                pass
+
+
+def _reap(ranks: list[Rank], block: bool) -> bool:
+    """Record the exit of every rank that ended; True if one did."""
+    by_pid = {rank.pid: rank for rank in ranks if rank.exit_code is None}
+    reaped = False
+    while by_pid:
+        try:
+            pid, status = os.waitpid(-1, 0 if block and not reaped else os.WNOHANG)
+        except ChildProcessError:
+            break
+        if pid == 0:
+            break
+        if pid in by_pid:
+            rank = by_pid.pop(pid)
+            rank.exit_code, rank.ended_at = os.waitstatus_to_exitcode(status), time.monotonic()
+            reaped = True
+    return reaped
+
+
+def _wait_all(ranks: list[Rank], deadline: float) -> None:
+    while any(rank.exit_code is None for rank in ranks) and time.monotonic() < deadline:
+        if not _reap(ranks, block=False):
+            time.sleep(0.02)
+
+
+def _supervise(ranks: list[Rank]) -> Rank | None:
+    """Wait for every rank; at the first failure, end the others. The first failed rank, or None."""
+    first_failure = None
+    while any(rank.exit_code is None for rank in ranks):
+        _reap(ranks, block=True)
+        failed = [rank for rank in ranks if rank.exit_code not in (None, 0)]
+        if failed:
+            first_failure = min(failed, key=lambda rank: rank.ended_at)
+            break
+    if first_failure is not None:
+        _wait_all(ranks, time.monotonic() + FAILURE_GRACE_S)
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            _signal_all(ranks, sig)
+            _wait_all(ranks, time.monotonic() + KILL_GRACE_S)
+    return first_failure
+
+
+def _report(failure: Rank, ranks: list[Rank], rank_dir) -> None:
+    others = ", ".join(f"rank {rank.index}: {rank.exit_code}" for rank in ranks if rank is not failure)
+    log = rank_dir(failure.index)
+    where = f"\n  log       : {log}" if log is not None else ""
+    print(f"goldtron launch: a rank failed; the others were ended ({others})\n"
+          f"Root Cause (first observed failure):\n"
+          f"  rank      : {failure.index} (local_rank: {failure.index})\n"
+          f"  exitcode  : {failure.exit_code}{where}", file=sys.stderr, flush=True)
+
+
+def launch(nproc: int, train_args: list[str], log_dir: Path | None, rank_main=_train_main) -> int:
+    """Run `rank_main(train_args)` (goldtron train's, unless a test gives its own) in `nproc` forked
+    ranks; 0 when every rank returns 0, 1 after a failure, 128 + N when signal N stopped it."""
+    os.environ.setdefault("OMP_NUM_THREADS", "1")  # as torchrun does for several ranks; read when torch loads
+    modules = PRELOADED + (CHECKPOINT_MODULES if any(flag in train_args for flag in CHECKPOINT_FLAGS) else ())
+    for module in modules:
+        importlib.import_module(module)
+    run_id = f"goldtron_{os.getpid()}"
+    port = _free_port()
+
+    def rank_dir(rank: int) -> Path | None:
+        return None if log_dir is None else log_dir / run_id / "attempt_0" / str(rank)
+
+    sys.stdout.flush()
+    sys.stderr.flush()
+    ranks, pipes = [], []
+    for rank in range(nproc):
+        if log_dir is not None:
+            rank_dir(rank).mkdir(parents=True, exist_ok=True)
+        out_read, out_write = os.pipe()
+        err_read, err_write = os.pipe()
+        pid = os.fork()
+        if pid == 0:
+            for fd in [out_read, err_read, *(fd for pair in pipes for fd in pair)]:
+                os.close(fd)
+            _run_rank(rank, rank_environment(rank, nproc, port, run_id), out_write, err_write, train_args, rank_main)
+        os.close(out_write)
+        os.close(err_write)
+        pipes.append((out_read, err_read))
+        ranks.append(Rank(rank, pid, out_read, err_read))
+
+    # After the forks (the ranks keep the default handlers), before any rank's line is relayed (a
+    # caller that waits for one then signals us is handled).
+    for stop_signal in STOP_SIGNALS:
+        signal.signal(stop_signal, _raise_stopped)
+    console, lock = sys.stdout.buffer, threading.Lock()
+    pumps = []
+    for rank in ranks:
+        for fd, name in ((rank.stdout_fd, "stdout.log"), (rank.stderr_fd, "stderr.log")):
+            log_file = None if log_dir is None else rank_dir(rank.index) / name
+            pumps.append(threading.Thread(target=_pump, args=(fd, rank.index, log_file, console, lock), daemon=True))
+    try:
+        for pump in pumps:
+            pump.start()
+        failure = _supervise(ranks)
+    except (KeyboardInterrupt, Stopped) as stop:  # as torchrun: SIGTERM to the ranks, then SIGKILL
+        for sig in (signal.SIGTERM, signal.SIGKILL):
+            _signal_all(ranks, sig)
+            _wait_all(ranks, time.monotonic() + KILL_GRACE_S)
+        return 128 + (stop.signal if isinstance(stop, Stopped) else signal.SIGINT)
+    for pump in pumps:
+        pump.join(timeout=KILL_GRACE_S)  # a rank's last lines reach the log before the verdict
+    if failure is None:
+        return 0
+    _report(failure, ranks, rank_dir)
+    return 1
+
+
+def main(argv: list[str]) -> int:
+    own, train_args = _split(argv)
+    args = _parser().parse_args(own)
+    if args.nproc_per_node < 1:
+        print(f"goldtron launch: --nproc-per-node {args.nproc_per_node}: must be at least 1", file=sys.stderr)
+        return 2
+    return launch(args.nproc_per_node, train_args, args.log_dir)
