@@ -1,4 +1,4 @@
-"""torchrun worker: several `goldtron train` runs of one world size in one launch.
+"""Rank worker: several `goldtron train` runs of one world size in one launch.
 
 A 4-rank torchrun start costs ~13 CPU-seconds on a 2-core machine (five Python processes import
 torch, and torch.optim imports torch._dynamo), more than ten steps of the tiny model do. Tests
@@ -6,7 +6,7 @@ that compare many runs launch those of one world size together. Each run is buil
 flags as `goldtron train` builds it (seeds, data, model, optimizer, schedule), on process groups
 made once per layout, and writes its own metrics file; nothing but the groups outlives a run.
 
-usage: torchrun ... batch_worker.py SPEC.json
+usage: python forked_script.py N batch_worker.py SPEC.json   (run_script; torchrun ... works too)
 SPEC: {"runs": {"name": {"flags": [...], "metrics": "DIR/metrics.jsonl"}, ...}}
 Each rank's stdout during a run goes to DIR/stdout.rank{R}.log (what torchrun would have shown).
 """

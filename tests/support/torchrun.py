@@ -1,7 +1,12 @@
-"""Run `goldtron train` under torchrun (gloo, CPU) from tests, with a timeout, and read what it logged.
+"""Run `goldtron train` on several gloo ranks (CPU) from tests, with a timeout, and read what it logged.
 
-Every distributed test goes through `run_train`: a hard timeout (a dead or hung rank fails the
-test instead of hanging the suite) and one thread per rank (fixed thread count = fixed bits).
+Every distributed test goes through `run_train` or `run_script`: a hard timeout (a dead or hung rank
+fails the test instead of hanging the suite) and one thread per rank (fixed thread count = fixed
+bits). The ranks are forked by goldtron's launcher (`goldtron launch`, training/launch.py: torch
+imported once, the launch seconds sooner), as the gate starts goldtron's trainer; a test that
+needs torchrun's own behaviour (its monitor interval) gets torchrun, which keeps `torchrun ...
+goldtron train`, the README's way, under test too (and tests/unit/test_launch.py holds the two
+launchers' runs bitwise equal).
 """
 
 from __future__ import annotations
@@ -47,12 +52,23 @@ EVERY_RANK_MONITOR_INTERVAL_S = 5.0
 FLAG_ERROR_MONITOR_INTERVAL_S = 2.5
 
 
+def torchrun_prefix(nproc: int, monitor_interval: float | None = None) -> list[str]:
+    monitor = [] if monitor_interval is None else ["--monitor-interval", str(monitor_interval)]
+    return [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
+            "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *monitor]
+
+
+FORKED_SCRIPT = Path(__file__).with_name("forked_script.py")
+
+
 def run_train(nproc: int, flags: list[str], timeout: float = 240, env: dict | None = None,
               check: bool = True, monitor_interval: float | None = None) -> subprocess.CompletedProcess:
-    monitor = [] if monitor_interval is None else ["--monitor-interval", str(monitor_interval)]
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *monitor,
-           "--module", "goldtron", "train", *flags]
+    """`goldtron train FLAGS` on `nproc` ranks: forked, or under torchrun when `monitor_interval` is
+    given (how long torchrun lets the other ranks run once one has ended)."""
+    if monitor_interval is None:
+        cmd = [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", str(nproc), "--", *flags]
+    else:
+        cmd = [*torchrun_prefix(nproc, monitor_interval), "--module", "goldtron", "train", *flags]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
@@ -93,7 +109,7 @@ BATCH_WORKER = Path(__file__).with_name("batch_worker.py")
 def train_batches_and_read(out_dir: Path, runs: dict[str, tuple[int, list[str]]],
                            timeout_per_run: float = 60) -> dict[str, list[dict]]:
     """{name: (processes, flags)} -> {name: per-step records}: the runs of each process count in
-    one torchrun launch (batch_worker.py), each with its own metrics file under out_dir/name."""
+    one launch (batch_worker.py), each with its own metrics file under out_dir/name."""
     import json
 
     by_nproc: dict[int, dict] = {}
@@ -159,9 +175,8 @@ def batched_log(out_dir: Path, name: str) -> str:
 
 def run_script(nproc: int, script: str | Path, args: list[str] | None = None, timeout: float = 180,
                env: dict | None = None) -> subprocess.CompletedProcess:
-    """Run a test script on `nproc` gloo ranks; fails the test on a non-zero exit or the timeout."""
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc-per-node", str(nproc),
-           "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", str(script), *(args or [])]
+    """Run a test script on `nproc` forked gloo ranks; fails the test on a non-zero exit or the timeout."""
+    cmd = [sys.executable, str(FORKED_SCRIPT), str(nproc), str(script), *(args or [])]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)

@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from tests.support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, read_metrics_file, run_train
+from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, read_metrics_file, torchrun_prefix
 
 PROBE = Path(__file__).resolve().parents[1] / "support" / "launch_probe.py"
 TIMEOUT_S = 120
@@ -59,7 +59,7 @@ def test_a_failing_rank_is_named_and_the_waiting_ranks_are_ended(tmp_path):
     assert time.monotonic() - started < 60
     assert "Root Cause (first observed failure)" in done.stderr
     assert "rank      : 1 (local_rank: 1)" in done.stderr and "exitcode  : 3" in done.stderr
-    assert "[default1]:boom: injected failure on rank 1" in done.stdout
+    assert "[default1]:boom: injected failure on rank 1" in done.stderr  # a rank's stderr stays stderr
     assert "boom: injected failure on rank 1" in rank_log(tmp_path, 1, "stderr.log")
     pids = [int(line.rsplit(" ", 1)[1]) for line in done.stdout.splitlines() if "waiting pid" in line]
     assert len(pids) == 2
@@ -91,7 +91,7 @@ def test_every_rank_reports_its_own_flag_error(tmp_path):
     assert done.returncode == 1
     assert "exitcode  : 2" in done.stderr
     for rank in range(3):  # rank 0 fails last: the grace after the first failure lets it speak
-        assert f"[default{rank}]:goldtron train: error (rank {rank}): --bad-flag is not a flag" in done.stdout
+        assert f"[default{rank}]:goldtron train: error (rank {rank}): --bad-flag is not a flag" in done.stderr
 
 
 def test_launch_refuses_a_bad_process_count():
@@ -102,11 +102,12 @@ def test_launch_refuses_a_bad_process_count():
 
 def test_forked_ranks_train_bit_for_bit_as_torchruns(tmp_path):
     flags = [*TINY_MODEL, *NO_DROPOUT, *layout_flags(tp=2, pp=2), "--train-iters", "4"]
-    run_train(4, flags, env={"GOLDTRON_METRICS_FILE": str(tmp_path / "torchrun.jsonl")})
-    env = dict(os.environ, GOLDTRON_METRICS_FILE=str(tmp_path / "fork.jsonl"), PYTHONUNBUFFERED="1")
-    done = subprocess.run([sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", "4", "--", *flags],
-                          capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
-    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    launchers = {"torchrun": [*torchrun_prefix(4), "--module", "goldtron", "train"],
+                 "fork": [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", "4", "--"]}
+    for name, prefix in launchers.items():
+        env = dict(os.environ, GOLDTRON_METRICS_FILE=str(tmp_path / f"{name}.jsonl"), OMP_NUM_THREADS="1")
+        done = subprocess.run([*prefix, *flags], capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+        assert done.returncode == 0, name + done.stdout[-3000:] + done.stderr[-3000:]
     by_torchrun = read_metrics_file(tmp_path / "torchrun.jsonl")
     forked = read_metrics_file(tmp_path / "fork.jsonl")
     assert len(forked) == len(by_torchrun) == 4

@@ -13,9 +13,11 @@ torchrun (the same code, flags and thread count).
 What each rank gets, as from `torchrun --standalone`: RANK, LOCAL_RANK, WORLD_SIZE,
 LOCAL_WORLD_SIZE, GROUP_RANK, ROLE_RANK, ROLE_WORLD_SIZE, ROLE_NAME, MASTER_ADDR, MASTER_PORT (rank
 0 hosts the store), TORCHELASTIC_RUN_ID / _RESTART_COUNT / _MAX_RESTARTS, and OMP_NUM_THREADS=1
-unless set. Its stdout and stderr go to `<log-dir>/<run id>/attempt_0/<rank>/{stdout,stderr}.log`
-and, each line prefixed `[default<rank>]:`, to this process's stdout (torchrun's `--tee 3`
-layout, which the gate reads). When a rank fails, the others get FAILURE_GRACE_S to fail with their
+unless set. With `--log-dir`, its stdout and stderr go to
+`<log-dir>/<run id>/attempt_0/<rank>/{stdout,stderr}.log` and, each line prefixed
+`[default<rank>]:`, to this process's stdout and stderr (torchrun's `--redirects 3 --tee 3`
+layout, which the gate reads); without, the rank writes to this process's streams (torchrun's
+default). When a rank fails, the others get FAILURE_GRACE_S to fail with their
 own message, then SIGTERM, then SIGKILL; the first failure is reported with torchrun's "Root Cause"
 fields and the launcher exits 1 (0 when every rank exits 0). SIGINT, SIGTERM or SIGHUP to the
 launcher stops every rank (SIGTERM, then SIGKILL after KILL_GRACE_S; exit 128 + the signal's number),
@@ -100,8 +102,8 @@ def _raise_stopped(signal_number, _frame) -> None:
 class Rank:
     index: int
     pid: int
-    stdout_fd: int
-    stderr_fd: int
+    stdout_fd: int | None  # the read ends of its pipes (None: it writes to our streams directly)
+    stderr_fd: int | None
     exit_code: int | None = None
     ended_at: float | None = None
 
@@ -112,8 +114,8 @@ def _train_main(train_args: list[str]) -> int:
     return main(train_args)
 
 
-def _run_rank(rank: int, environment: dict[str, str], stdout_fd: int, stderr_fd: int, train_args: list[str],
-              rank_main):
+def _run_rank(rank: int, environment: dict[str, str], stdout_fd: int | None, stderr_fd: int | None,
+              train_args: list[str], rank_main):
     """In the forked child: become the rank and never return."""
     code = 1
     try:
@@ -121,9 +123,10 @@ def _run_rank(rank: int, environment: dict[str, str], stdout_fd: int, stderr_fd:
             ctypes.CDLL(None, use_errno=True).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
         except (OSError, AttributeError):
             pass
-        os.dup2(stdout_fd, 1)
-        os.dup2(stderr_fd, 2)
-        sys.stdout.reconfigure(line_buffering=True)  # a pipe now: each progress line as it is printed
+        if stdout_fd is not None:
+            os.dup2(stdout_fd, 1)
+            os.dup2(stderr_fd, 2)
+        sys.stdout.reconfigure(line_buffering=True)  # a pipe, often: each progress line as it is printed
         os.environ.update(environment)
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for stop_signal in STOP_SIGNALS:
@@ -140,17 +143,16 @@ def _run_rank(rank: int, environment: dict[str, str], stdout_fd: int, stderr_fd:
         exit_now(code)  # as `python -m goldtron train` leaves: threads joined, atexit run, streams flushed
 
 
-def _pump(fd: int, rank: int, log_file: Path | None, console, console_lock: threading.Lock) -> None:
+def _pump(fd: int, rank: int, log_file: Path, console, console_lock: threading.Lock) -> None:
     """One stream of one rank, line by line, into its log file and (prefixed) onto the console."""
-    log = open(log_file, "wb") if log_file is not None else None
+    log = open(log_file, "wb")
     prefix = f"[default{rank}]:".encode()
     try:
         with os.fdopen(fd, "rb", buffering=0) as stream:
             pending = b""
             while chunk := stream.read(65536):
-                if log is not None:
-                    log.write(chunk)
-                    log.flush()
+                log.write(chunk)
+                log.flush()
                 lines = (pending + chunk).split(b"\n")
                 pending = lines.pop()
                 if lines:
@@ -162,8 +164,7 @@ def _pump(fd: int, rank: int, log_file: Path | None, console, console_lock: thre
                     console.write(prefix + pending + b"\n")
                     console.flush()
     finally:
-        if log is not None:
-            log.close()
+        log.close()
 
 
 def _signal_all(ranks: list[Rank], sig: int) -> None:
@@ -241,32 +242,37 @@ def launch(nproc: int, train_args: list[str], log_dir: Path | None, rank_main=_t
 
     sys.stdout.flush()
     sys.stderr.flush()
-    ranks, pipes = [], []
+    ranks: list[Rank] = []
     for rank in range(nproc):
-        if log_dir is not None:
+        out_read = out_write = err_read = err_write = None
+        if log_dir is not None:  # tee through pipes; without logs a rank writes to our streams, as under torchrun
             rank_dir(rank).mkdir(parents=True, exist_ok=True)
-        out_read, out_write = os.pipe()
-        err_read, err_write = os.pipe()
+            out_read, out_write = os.pipe()
+            err_read, err_write = os.pipe()
         pid = os.fork()
         if pid == 0:
-            for fd in [out_read, err_read, *(fd for pair in pipes for fd in pair)]:
-                os.close(fd)
+            for fd in [out_read, err_read, *(fd for other in ranks for fd in (other.stdout_fd, other.stderr_fd))]:
+                if fd is not None:
+                    os.close(fd)
             _run_rank(rank, rank_environment(rank, nproc, port, run_id), out_write, err_write, train_args, rank_main)
-        os.close(out_write)
-        os.close(err_write)
-        pipes.append((out_read, err_read))
+        if log_dir is not None:
+            os.close(out_write)
+            os.close(err_write)
         ranks.append(Rank(rank, pid, out_read, err_read))
 
     # After the forks (the ranks keep the default handlers), before any rank's line is relayed (a
     # caller that waits for one then signals us is handled).
     for stop_signal in STOP_SIGNALS:
         signal.signal(stop_signal, _raise_stopped)
-    console, lock = sys.stdout.buffer, threading.Lock()
+    lock = threading.Lock()  # one line at a time on the console, whichever rank and stream
     pumps = []
     for rank in ranks:
-        for fd, name in ((rank.stdout_fd, "stdout.log"), (rank.stderr_fd, "stderr.log")):
-            log_file = None if log_dir is None else rank_dir(rank.index) / name
-            pumps.append(threading.Thread(target=_pump, args=(fd, rank.index, log_file, console, lock), daemon=True))
+        if rank.stdout_fd is None:
+            continue
+        for fd, name, console in ((rank.stdout_fd, "stdout.log", sys.stdout.buffer),
+                                  (rank.stderr_fd, "stderr.log", sys.stderr.buffer)):
+            pumps.append(threading.Thread(target=_pump, args=(fd, rank.index, rank_dir(rank.index) / name, console,
+                                                              lock), daemon=True))
     try:
         for pump in pumps:
             pump.start()
