@@ -136,7 +136,8 @@ EXPECTED = [("lm loss", "run 1 vs golden", 3), ("lm loss", "run 2 vs run 1", 21)
 
 def test_broken_trainers_fail_the_portable_golden_naming_metric_and_step(tmp_path):
     out = tmp_path / "out"
-    result = run_case(mutant_case(FLAGSHIP, tmp_path, MUTANTS), out, "--platform", "cpu")
+    # Forked as the real trainer is (the mutant wraps goldtron's trainer; torchrun's path is tests/unit/test_launch.py's).
+    result = run_case(mutant_case(FLAGSHIP, tmp_path, MUTANTS), out, "--platform", "cpu", "--launcher", "fork")
     assert result.returncode == 1, result.stdout[-4000:] + result.stderr[-3000:]
     assert "golden: golden_values_dev_cpu.json: forced by --platform cpu" in result.stdout
     failures = failed_rows(out / "summary.md")

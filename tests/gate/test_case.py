@@ -89,15 +89,25 @@ def test_rendezvous_flags():
         LaunchOptions(2, nnodes=2)
 
 
-def test_launcher_choice_forks_only_goldtrons_trainer_on_one_cpu_node(tmp_path):
+def test_launcher_choice_forks_goldtrons_trainer_on_one_cpu_node_and_others_when_asked(tmp_path):
     ours, megatron = ("python", "-m", "goldtron", "train"), ("python", "pretrain_gpt.py")
     assert choose_launcher("auto", ours, nnodes=1, gpus=0) == FORK
     assert choose_launcher("auto", ours, nnodes=2, gpus=0) == TORCHRUN
     assert choose_launcher("auto", ours, nnodes=1, gpus=8) == TORCHRUN
     assert choose_launcher("auto", megatron, nnodes=1, gpus=0) == TORCHRUN
     assert choose_launcher("torchrun", ours, nnodes=1, gpus=0) == TORCHRUN
-    with pytest.raises(GateInputError, match="own trainer only"):
-        choose_launcher("fork", megatron, nnodes=1, gpus=0)
+    assert choose_launcher("fork", megatron, nnodes=1, gpus=0) == FORK  # asked for by name
+    with pytest.raises(GateInputError, match="--launcher 'spawn'"):
+        choose_launcher("spawn", ours, nnodes=1, gpus=0)
+    (tmp_path / "pretrain_gpt.py").write_text("")
+    script = phase_argv((*megatron, "--fixed"), tmp_path, ["--num-layers", "2"], LaunchOptions(4, launcher=FORK), 0,
+                        tmp_path / "ranks")
+    assert script[-6:] == ["--script", str(tmp_path / "pretrain_gpt.py"), "--", "--fixed", "--num-layers", "2"]
+    module = phase_argv(("python", "-m", "my.trainer", "train"), tmp_path, ["--num-layers", "2"],
+                        LaunchOptions(4, launcher=FORK), 0, tmp_path / "ranks")
+    assert module[-6:] == ["--module", "my.trainer", "--", "train", "--num-layers", "2"]
+    with pytest.raises(GateInputError, match="TRAINER"):
+        phase_argv(("bash", "train.sh"), tmp_path, [], LaunchOptions(4, launcher=FORK), 0, tmp_path / "ranks")
     with pytest.raises(GateInputError, match="one node"):
         LaunchOptions(2, nnodes=2, rdzv_endpoint="h:1", launcher=FORK)
     forked = phase_argv(ours, tmp_path, ["--num-layers", "2"], LaunchOptions(4, launcher=FORK), 0, tmp_path / "ranks")

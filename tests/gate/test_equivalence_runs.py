@@ -35,7 +35,9 @@ def _case(root: Path, name: str, mutant: str | None) -> Path:
 
 def _judge(tmp_path: Path, mutant: str | None, capsys) -> tuple[int, str]:
     case = _case(tmp_path, mutant or "correct", mutant)
-    code = commands.test_main([str(case), "--output-dir", str(tmp_path / "out"), "--no-plot", "--size", "full"])
+    # Forked like goldtron's own trainer (auto): the mutants wrap it. The fake-trainer tests keep torchrun's path.
+    code = commands.test_main([str(case), "--output-dir", str(tmp_path / "out"), "--no-plot", "--size", "full",
+                               "--launcher", "fork"])
     return code, capsys.readouterr().out
 
 

@@ -6,7 +6,7 @@ that compare many runs launch those of one world size together. Each run is buil
 flags as `goldtron train` builds it (seeds, data, model, optimizer, schedule), on process groups
 made once per layout, and writes its own metrics file; nothing but the groups outlives a run.
 
-usage: python forked_script.py N batch_worker.py SPEC.json   (run_script; torchrun ... works too)
+usage: goldtron launch --nproc-per-node N --script batch_worker.py -- SPEC.json   (run_script; torchrun works too)
 SPEC: {"runs": {"name": {"flags": [...], "metrics": "DIR/metrics.jsonl"}, ...}}
 Each rank's stdout during a run goes to DIR/stdout.rank{R}.log (what torchrun would have shown).
 """

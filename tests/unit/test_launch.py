@@ -114,3 +114,29 @@ def test_forked_ranks_train_bit_for_bit_as_torchruns(tmp_path):
     for ours, theirs in zip(forked, by_torchrun):
         ours.pop("iteration_time"), theirs.pop("iteration_time")
         assert ours == theirs  # the same code, flags and thread count: the same bits
+
+
+RANK_SCRIPT = """import os, sys
+print(f"{__name__} argv={sys.argv[1:]} own-folder-first={sys.path[0] == os.path.dirname(os.path.abspath(__file__))}")
+sys.exit(4 if os.environ["RANK"] == "1" and "--fail" in sys.argv else 0)
+"""
+
+
+def test_a_python_script_or_module_runs_on_the_ranks_as_under_torchrun(tmp_path):
+    """`--script` / `--module`: another Python trainer (the gate's mutants, test scripts), run as
+    `python SCRIPT ARGS` / `python -m MODULE ARGS` would; its exit code is the rank's."""
+    (tmp_path / "rank_script.py").write_text(RANK_SCRIPT)
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
+    launch = [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", "2"]
+    script = subprocess.run([*launch, "--script", str(tmp_path / "rank_script.py"), "--", "--flag", "x"],
+                            capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
+    assert script.returncode == 0, script.stderr
+    assert script.stdout.count("__main__ argv=['--flag', 'x'] own-folder-first=True") == 2, script.stdout
+    module = subprocess.run([*launch, "--module", "rank_script", "--", "--fail"], capture_output=True, text=True,
+                            timeout=TIMEOUT_S, env=env)
+    assert module.returncode == 1
+    assert "__main__ argv=['--fail']" in module.stdout
+    assert "rank      : 1 (local_rank: 1)" in module.stderr and "exitcode  : 4" in module.stderr
+    missing = subprocess.run([*launch, "--script", str(tmp_path / "nowhere.py")], capture_output=True, text=True,
+                             timeout=TIMEOUT_S, env=env)
+    assert missing.returncode == 2 and "--script" in missing.stderr and "nowhere.py" in missing.stderr

@@ -91,7 +91,8 @@ def _test_parser() -> _Parser:
     parser.add_argument("--node-rank", type=int, default=0, help="this node's rank (0 hosts the rendezvous)")
     parser.add_argument("--rdzv-endpoint", help="HOST:PORT of node 0, needed with --nnodes > 1")
     parser.add_argument("--launcher", choices=LAUNCHERS, default="auto",
-                        help="how the ranks start: fork (goldtron launch: one torch import, then forked ranks), "
+                        help="how the ranks start: fork (goldtron launch: one torch import, then forked ranks; any Python "
+                             "trainer, one node), "
                              "torchrun, or auto (default): fork for goldtron's own trainer on one node without GPUs")
     parser.add_argument("--frozen-checkpoint", type=Path, help="stored checkpoint for frozen-resume")
     parser.add_argument("--n-repeat", type=int, help="override the case's N_REPEAT")

@@ -2,10 +2,12 @@
 
 Two launchers, one contract (the ranks' environment, `<phase>/ranks/*/attempt_0/<rank>/` logs,
 a `[default<rank>]:`-prefixed console stream, torchrun's "Root Cause" fields on a failure):
-- `fork`: `goldtron launch` (training/launch.py) forks the ranks after one import of torch: for
-  goldtron's own trainer on one node without GPUs, where it starts a 4-rank phase ~4 s sooner;
-- `torchrun`: for any other trainer (Megatron's `pretrain_gpt.py`...), several nodes, or GPUs.
-`--launcher` on `goldtron test` picks one; `auto` (the default) chooses as above.
+- `fork`: `goldtron launch` (training/launch.py) forks the ranks after one import of torch, on
+  one node: a 4-rank phase starts ~4 s sooner on a 2-core machine;
+- `torchrun`: any trainer, several nodes, GPUs.
+`--launcher` on `goldtron test` picks one. `auto` (the default) forks goldtron's own trainer on one
+node without GPUs and gives everything else to torchrun; `fork` also starts another Python trainer
+(`TRAINER: [python, SCRIPT...]` or `[python, -m, MODULE...]`), for those who know it forks safely.
 
 Nothing goes through a shell: the trainer's argv is a list, so a value in a case's yaml is
 only ever an argument, never executed. The merged console stream goes to `<phase>/torchrun.log`
@@ -86,12 +88,11 @@ class LaunchOptions:
 
 def choose_launcher(requested: str, trainer: tuple[str, ...], nnodes: int, gpus: int) -> str:
     """`auto`: fork for goldtron's own trainer on one node without GPUs (forking after CUDA is
-    initialised is unsafe, and the GPU path is checked under torchrun), torchrun otherwise."""
+    initialised is unsafe, and the GPU path is checked under torchrun), torchrun otherwise. `fork`
+    asked for by name takes any Python trainer (trainer_target checks it is one): a trainer goldtron
+    does not know is forked only when the user says so."""
     if requested not in LAUNCHERS:
         raise GateInputError(f"--launcher {requested!r}: expected one of {', '.join(LAUNCHERS)}")
-    if requested == FORK and tuple(trainer) != DEFAULT_TRAINER:
-        raise GateInputError(f"--launcher fork starts goldtron's own trainer only; the case's TRAINER is "
-                             f"{list(trainer)}. Fix: --launcher torchrun (or auto)")
     if requested != "auto":
         return requested
     return FORK if tuple(trainer) == DEFAULT_TRAINER and nnodes == 1 and gpus == 0 else TORCHRUN
@@ -128,16 +129,25 @@ def torchrun_argv(target: list[str], trainer_args: list[str], launch: LaunchOpti
             *target, *trainer_args]
 
 
-def fork_argv(trainer_args: list[str], launch: LaunchOptions, rank_log_dir: Path) -> list[str]:
+def fork_argv(trainer: tuple[str, ...], case_dir: Path, trainer_args: list[str], launch: LaunchOptions,
+              rank_log_dir: Path) -> list[str]:
+    """`goldtron launch` of goldtron's trainer, or of the case's Python script or module."""
+    target, fixed = [], []  # goldtron's trainer is launch's default
+    if tuple(trainer) != DEFAULT_TRAINER:
+        as_torchrun = trainer_target(trainer, case_dir)  # ["--module", M, *fixed] or [SCRIPT, *fixed]
+        if as_torchrun[0] == "--module":
+            target, fixed = as_torchrun[:2], as_torchrun[2:]
+        else:
+            target, fixed = ["--script", as_torchrun[0]], as_torchrun[1:]
     return [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", str(launch.nproc_per_node),
-            "--log-dir", str(rank_log_dir), "--", *trainer_args]
+            "--log-dir", str(rank_log_dir), *target, "--", *fixed, *trainer_args]
 
 
 def phase_argv(trainer: tuple[str, ...], case_dir: Path, trainer_args: list[str], launch: LaunchOptions,
                launch_index: int, rank_log_dir: Path) -> list[str]:
     """One phase's command line, by the launcher `launch` names."""
     if launch.launcher == FORK:
-        return fork_argv(trainer_args, launch, rank_log_dir)
+        return fork_argv(trainer, case_dir, trainer_args, launch, rank_log_dir)
     return torchrun_argv(trainer_target(trainer, case_dir), trainer_args, launch, launch_index, rank_log_dir)
 
 

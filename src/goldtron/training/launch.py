@@ -2,6 +2,11 @@
 imported torch once, with torchrun's environment and console format but not its start-up cost.
 
     goldtron launch --nproc-per-node N [--log-dir DIR] -- TRAIN_ARGS...
+    goldtron launch --nproc-per-node N [--log-dir DIR] (--script PATH | --module M) -- ARGS...
+
+The second form runs another Python trainer (a script, or a module as `python -m M`) on the
+ranks, as `torchrun PATH ARGS` or `torchrun --module M ARGS` would: a test's script, a trainer
+that wraps goldtron's (the gate's mutants).
 
 Why: a phase started by torchrun waits for torchrun to import torch.distributed (~1 s) before any
 rank starts, then each rank imports torch, DCP and goldtron itself (~1-2 CPU-s each, 4 at once on
@@ -25,15 +30,18 @@ and a rank dies with its launcher even when that is SIGKILLed.
 
 Scope: one node, CPU. Forking is safe only while no thread pool or device context exists in the
 parent: it only imports (no torch op, no CUDA call), and the ranks are forked before this process
-starts a thread. GPUs and other trainers are launched by torchrun (gate/launcher.py).
+starts a thread. GPUs, several nodes and trainers the gate is not told to fork are launched by
+torchrun (gate/launcher.py).
 """
 
 from __future__ import annotations
 
 import argparse
 import ctypes
+import functools
 import importlib
 import os
+import runpy
 import signal
 import socket
 import sys
@@ -59,6 +67,9 @@ def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="goldtron launch", description=__doc__.split("\n\n")[0])
     parser.add_argument("--nproc-per-node", type=int, required=True, help="ranks to start on this node")
     parser.add_argument("--log-dir", type=Path, help="each rank's stdout/stderr under DIR/<run id>/attempt_0/<rank>/")
+    target = parser.add_mutually_exclusive_group()
+    target.add_argument("--script", type=Path, help="run this Python script on the ranks instead of `goldtron train`")
+    target.add_argument("--module", help="run this module (as `python -m MODULE`) on the ranks instead")
     return parser
 
 
@@ -112,6 +123,22 @@ def _train_main(train_args: list[str]) -> int:
     from goldtron.training.main import main
 
     return main(train_args)
+
+
+def run_script(script: Path, args: list[str]) -> int:
+    """A rank's main for `--script`: the script as `python SCRIPT ARGS` runs it (its folder first on
+    sys.path, `__name__ == "__main__"`); its SystemExit is the rank's exit code."""
+    sys.argv = [str(script), *args]
+    sys.path.insert(0, str(script.resolve().parent))
+    runpy.run_path(str(script), run_name="__main__")
+    return 0
+
+
+def run_module(module: str, args: list[str]) -> int:
+    """A rank's main for `--module`: as `python -m MODULE ARGS`."""
+    sys.argv = [module, *args]
+    runpy.run_module(module, run_name="__main__", alter_sys=True)
+    return 0
 
 
 def _run_rank(rank: int, environment: dict[str, str], stdout_fd: int | None, stderr_fd: int | None,
@@ -296,4 +323,12 @@ def main(argv: list[str]) -> int:
     if args.nproc_per_node < 1:
         print(f"goldtron launch: --nproc-per-node {args.nproc_per_node}: must be at least 1", file=sys.stderr)
         return 2
-    return launch(args.nproc_per_node, train_args, args.log_dir)
+    if args.script is not None and not args.script.is_file():
+        print(f"goldtron launch: --script {args.script}: no such file", file=sys.stderr)
+        return 2
+    rank_main = _train_main
+    if args.script is not None:
+        rank_main = functools.partial(run_script, args.script)
+    elif args.module is not None:
+        rank_main = functools.partial(run_module, args.module)
+    return launch(args.nproc_per_node, train_args, args.log_dir, rank_main)
