@@ -58,12 +58,17 @@ def torchrun_prefix(nproc: int, monitor_interval: float | None = None) -> list[s
             "--rdzv-backend", "c10d", "--rdzv-endpoint", f"127.0.0.1:{free_port()}", *monitor]
 
 
+def launch_prefix(nproc: int) -> list[str]:
+    """`goldtron launch` of `nproc` forked ranks, up to its target flags."""
+    return [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", str(nproc)]
+
+
 def run_train(nproc: int, flags: list[str], timeout: float = 240, env: dict | None = None,
               check: bool = True, monitor_interval: float | None = None) -> subprocess.CompletedProcess:
     """`goldtron train FLAGS` on `nproc` ranks: forked, or under torchrun when `monitor_interval` is
     given (how long torchrun lets the other ranks run once one has ended)."""
     if monitor_interval is None:
-        cmd = [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", str(nproc), "--", *flags]
+        cmd = [*launch_prefix(nproc), "--", *flags]
     else:
         cmd = [*torchrun_prefix(nproc, monitor_interval), "--module", "goldtron", "train", *flags]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
@@ -173,8 +178,7 @@ def batched_log(out_dir: Path, name: str) -> str:
 def run_script(nproc: int, script: str | Path, args: list[str] | None = None, timeout: float = 180,
                env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a test script on `nproc` forked gloo ranks; fails the test on a non-zero exit or the timeout."""
-    cmd = [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", str(nproc), "--script", str(script), "--",
-           *(args or [])]
+    cmd = [*launch_prefix(nproc), "--script", str(script), "--", *(args or [])]
     full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
     full_env.update(env or {})
     result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)

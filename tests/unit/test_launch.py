@@ -14,7 +14,7 @@ import sys
 import time
 from pathlib import Path
 
-from support.torchrun import NO_DROPOUT, TINY_MODEL, layout_flags, read_metrics_file, torchrun_prefix
+from support.torchrun import NO_DROPOUT, TINY_MODEL, launch_prefix, layout_flags, read_metrics_file, torchrun_prefix
 
 PROBE = Path(__file__).resolve().parents[1] / "support" / "launch_probe.py"
 TIMEOUT_S = 120
@@ -103,7 +103,7 @@ def test_launch_refuses_a_bad_process_count():
 def test_forked_ranks_train_bit_for_bit_as_torchruns(tmp_path):
     flags = [*TINY_MODEL, *NO_DROPOUT, *layout_flags(tp=2, pp=2), "--train-iters", "4"]
     launchers = {"torchrun": [*torchrun_prefix(4), "--module", "goldtron", "train"],
-                 "fork": [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", "4", "--"]}
+                 "fork": [*launch_prefix(4), "--"]}
     for name, prefix in launchers.items():
         env = dict(os.environ, GOLDTRON_METRICS_FILE=str(tmp_path / f"{name}.jsonl"), OMP_NUM_THREADS="1")
         done = subprocess.run([*prefix, *flags], capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
@@ -127,7 +127,7 @@ def test_a_python_script_or_module_runs_on_the_ranks_as_under_torchrun(tmp_path)
     `python SCRIPT ARGS` / `python -m MODULE ARGS` would; its exit code is the rank's."""
     (tmp_path / "rank_script.py").write_text(RANK_SCRIPT)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")]))
-    launch = [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", "2"]
+    launch = launch_prefix(2)
     script = subprocess.run([*launch, "--script", str(tmp_path / "rank_script.py"), "--", "--flag", "x"],
                             capture_output=True, text=True, timeout=TIMEOUT_S, env=env)
     assert script.returncode == 0, script.stderr

@@ -89,7 +89,7 @@ class LaunchOptions:
 def choose_launcher(requested: str, trainer: tuple[str, ...], nnodes: int, gpus: int) -> str:
     """`auto`: fork for goldtron's own trainer on one node without GPUs (forking after CUDA is
     initialised is unsafe, and the GPU path is checked under torchrun), torchrun otherwise. `fork`
-    asked for by name takes any Python trainer (trainer_target checks it is one): a trainer goldtron
+    asked for by name takes any Python trainer (python_trainer checks it is one): a trainer goldtron
     does not know is forked only when the user says so."""
     if requested not in LAUNCHERS:
         raise GateInputError(f"--launcher {requested!r}: expected one of {', '.join(LAUNCHERS)}")
@@ -98,12 +98,26 @@ def choose_launcher(requested: str, trainer: tuple[str, ...], nnodes: int, gpus:
     return FORK if tuple(trainer) == DEFAULT_TRAINER and nnodes == 1 and gpus == 0 else TORCHRUN
 
 
-def trainer_target(trainer: tuple[str, ...], case_dir: Path) -> list[str]:
-    """The case's TRAINER argv prefix as torchrun's target: `--module M args` or `SCRIPT args`.
+@dataclass(frozen=True)
+class PythonTrainer:
+    """A case's TRAINER once checked: a module (`python -m MODULE`) or a script, and its fixed
+    arguments; each launcher names it in its own way."""
 
-    TRAINER must start with the Python interpreter (`python`), then `-m MODULE` or a script
-    path (relative paths are relative to the case folder), then any fixed arguments.
-    """
+    module: str | None
+    script: Path | None
+    fixed: tuple[str, ...]
+
+    def torchrun_target(self) -> list[str]:
+        return ["--module", self.module, *self.fixed] if self.module else [str(self.script), *self.fixed]
+
+    def launch_target(self) -> list[str]:
+        """`goldtron launch`'s flags for it, up to its `--`."""
+        return ["--module", self.module] if self.module else ["--script", str(self.script)]
+
+
+def python_trainer(trainer: tuple[str, ...], case_dir: Path) -> PythonTrainer:
+    """TRAINER must start with the Python interpreter (`python`), then `-m MODULE` or a script
+    path (relative paths are relative to the case folder), then any fixed arguments."""
     parts = list(trainer)
     if len(parts) < 2 or Path(parts[0]).name not in PYTHON_NAMES + (Path(sys.executable).name,):
         raise GateInputError(f"GOLDTRON.TRAINER {parts!r}: expected [python, -m, MODULE, ...] or "
@@ -111,13 +125,18 @@ def trainer_target(trainer: tuple[str, ...], case_dir: Path) -> list[str]:
     if parts[1] == "-m":
         if len(parts) < 3:
             raise GateInputError(f"GOLDTRON.TRAINER {parts!r}: -m needs a module name")
-        return ["--module", parts[2], *parts[3:]]
+        return PythonTrainer(parts[2], None, tuple(parts[3:]))
     script = Path(parts[1])
     script = script if script.is_absolute() else (case_dir / script)
     if not script.is_file():
         raise GateInputError(f"GOLDTRON.TRAINER: script {script} not found. Fix: give an absolute path or "
                              "one relative to the case folder")
-    return [str(script), *parts[2:]]
+    return PythonTrainer(None, script, tuple(parts[2:]))
+
+
+def trainer_target(trainer: tuple[str, ...], case_dir: Path) -> list[str]:
+    """The case's TRAINER argv prefix as torchrun's target: `--module M args` or `SCRIPT args`."""
+    return python_trainer(trainer, case_dir).torchrun_target()
 
 
 def torchrun_argv(target: list[str], trainer_args: list[str], launch: LaunchOptions, launch_index: int,
@@ -131,14 +150,11 @@ def torchrun_argv(target: list[str], trainer_args: list[str], launch: LaunchOpti
 
 def fork_argv(trainer: tuple[str, ...], case_dir: Path, trainer_args: list[str], launch: LaunchOptions,
               rank_log_dir: Path) -> list[str]:
-    """`goldtron launch` of goldtron's trainer, or of the case's Python script or module."""
-    target, fixed = [], []  # goldtron's trainer is launch's default
+    """`goldtron launch` of goldtron's trainer (its default), or of the case's Python script or module."""
+    target, fixed = [], ()
     if tuple(trainer) != DEFAULT_TRAINER:
-        as_torchrun = trainer_target(trainer, case_dir)  # ["--module", M, *fixed] or [SCRIPT, *fixed]
-        if as_torchrun[0] == "--module":
-            target, fixed = as_torchrun[:2], as_torchrun[2:]
-        else:
-            target, fixed = ["--script", as_torchrun[0]], as_torchrun[1:]
+        python = python_trainer(trainer, case_dir)
+        target, fixed = python.launch_target(), python.fixed
     return [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", str(launch.nproc_per_node),
             "--log-dir", str(rank_log_dir), *target, "--", *fixed, *trainer_args]
 

@@ -122,6 +122,7 @@ class Rank:
 def _train_main(train_args: list[str]) -> int:
     from goldtron.training.main import main
 
+    sys.argv = ["goldtron", "train", *train_args]
     return main(train_args)
 
 
@@ -158,8 +159,7 @@ def _run_rank(rank: int, environment: dict[str, str], stdout_fd: int | None, std
         signal.signal(signal.SIGINT, signal.default_int_handler)
         for stop_signal in STOP_SIGNALS:
             signal.signal(stop_signal, signal.SIG_DFL)
-        sys.argv = ["goldtron", "train", *train_args]
-        code = rank_main(train_args)
+        code = rank_main(train_args)  # each rank main sets its own sys.argv
     except SystemExit as stop:
         code = stop.code if isinstance(stop.code, int) else (0 if stop.code is None else 1)
     except BaseException:  # noqa: BLE001 - a rank's crash is reported by its traceback and exit code
