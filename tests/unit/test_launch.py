@@ -11,8 +11,13 @@ import os
 import signal
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
+
+import pytest
+
+from goldtron.training import launch as launch_module
 
 from support.torchrun import NO_DROPOUT, TINY_MODEL, launch_prefix, layout_flags, read_metrics_file, torchrun_prefix
 
@@ -84,6 +89,31 @@ def test_a_signal_to_the_launcher_stops_every_rank(tmp_path):
         launcher.kill()
     for pid in pids:
         assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+
+
+def test_a_signal_taken_by_another_thread_still_stops_the_launcher():
+    """The kernel may run a signal's C handler in any thread, or just before the main thread blocks;
+    either way the Python handler runs only when the main thread next executes. Here the signal is
+    aimed at a helper thread, deterministically: a launcher asleep in a blocking waitpid would wait
+    for its rank to end (10 s) and then return as if nothing came; polling raises Stopped at once."""
+    rank_pid = os.fork()
+    if rank_pid == 0:  # a rank that waits: it only sleeps, so forking pytest is safe
+        time.sleep(10)
+        os._exit(0)
+    previous = signal.signal(signal.SIGTERM, launch_module._raise_stopped)
+    helper = threading.Thread(target=lambda: (time.sleep(0.3), signal.pthread_kill(threading.get_ident(),
+                                                                                    signal.SIGTERM)))
+    started = time.monotonic()
+    try:
+        helper.start()
+        with pytest.raises(launch_module.Stopped):
+            launch_module._supervise([launch_module.Rank(0, rank_pid, None, None)])
+        assert time.monotonic() - started < 5
+    finally:
+        helper.join()
+        signal.signal(signal.SIGTERM, previous)
+        os.kill(rank_pid, signal.SIGKILL)
+        os.waitpid(rank_pid, 0)
 
 
 def test_every_rank_reports_its_own_flag_error(tmp_path):
