@@ -63,6 +63,17 @@ def launch_prefix(nproc: int) -> list[str]:
     return [sys.executable, "-m", "goldtron", "launch", "--nproc-per-node", str(nproc)]
 
 
+def _run_ranks(cmd: list[str], what: str, timeout: float, env: dict | None, check: bool) -> subprocess.CompletedProcess:
+    """One launch of ranks with one thread each (fixed thread count = fixed bits) and a hard timeout;
+    with `check`, a non-zero exit fails the test with the output's tail."""
+    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
+    full_env.update(env or {})
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
+    if check and result.returncode != 0:
+        raise AssertionError(f"{what} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
+    return result
+
+
 def run_train(nproc: int, flags: list[str], timeout: float = 240, env: dict | None = None,
               check: bool = True, monitor_interval: float | None = None) -> subprocess.CompletedProcess:
     """`goldtron train FLAGS` on `nproc` ranks: forked, or under torchrun when `monitor_interval` is
@@ -71,12 +82,7 @@ def run_train(nproc: int, flags: list[str], timeout: float = 240, env: dict | No
         cmd = [*launch_prefix(nproc), "--", *flags]
     else:
         cmd = [*torchrun_prefix(nproc, monitor_interval), "--module", "goldtron", "train", *flags]
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    full_env.update(env or {})
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
-    if check and result.returncode != 0:
-        raise AssertionError(f"training failed ({result.returncode}):\n{result.stdout[-3000:]}\n{result.stderr[-5000:]}")
-    return result
+    return _run_ranks(cmd, "training", timeout, env, check)
 
 
 def read_scalars(tb_dir: str | Path) -> dict[str, dict[int, float]]:
@@ -179,9 +185,4 @@ def run_script(nproc: int, script: str | Path, args: list[str] | None = None, ti
                env: dict | None = None) -> subprocess.CompletedProcess:
     """Run a test script on `nproc` forked gloo ranks; fails the test on a non-zero exit or the timeout."""
     cmd = [*launch_prefix(nproc), "--script", str(script), "--", *(args or [])]
-    full_env = dict(os.environ, OMP_NUM_THREADS="1", PYTHONUNBUFFERED="1")
-    full_env.update(env or {})
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, env=full_env)
-    if result.returncode != 0:
-        raise AssertionError(f"{script} failed ({result.returncode}):\n{result.stdout[-4000:]}\n{result.stderr[-6000:]}")
-    return result
+    return _run_ranks(cmd, str(script), timeout, env, check=True)

@@ -240,28 +240,30 @@ def _reap(ranks: list[Rank]) -> bool:
     return reaped
 
 
-def _wait_all(ranks: list[Rank], deadline: float) -> None:
+def _failed(ranks: list[Rank]) -> list[Rank]:
+    return [rank for rank in ranks if rank.exit_code not in (None, 0)]
+
+
+def _wait_all(ranks: list[Rank], deadline: float = float("inf"), until_a_failure: bool = False) -> None:
+    """Poll (POLL_S) until every rank has ended, `deadline` passes, or (if asked) one has failed."""
     while any(rank.exit_code is None for rank in ranks) and time.monotonic() < deadline:
         if not _reap(ranks):
             time.sleep(POLL_S)
+        elif until_a_failure and _failed(ranks):
+            return
 
 
 def _supervise(ranks: list[Rank]) -> Rank | None:
     """Wait for every rank; at the first failure, end the others. The first failed rank, or None."""
-    first_failure = None
-    while any(rank.exit_code is None for rank in ranks):
-        if not _reap(ranks):
-            time.sleep(POLL_S)
-            continue
-        failed = [rank for rank in ranks if rank.exit_code not in (None, 0)]
-        if failed:
-            first_failure = min(failed, key=lambda rank: rank.ended_at)
-            break
-    if first_failure is not None:
-        _wait_all(ranks, time.monotonic() + FAILURE_GRACE_S)
-        for sig in (signal.SIGTERM, signal.SIGKILL):
-            _signal_all(ranks, sig)
-            _wait_all(ranks, time.monotonic() + KILL_GRACE_S)
+    _wait_all(ranks, until_a_failure=True)
+    failed = _failed(ranks)
+    if not failed:
+        return None
+    first_failure = min(failed, key=lambda rank: rank.ended_at)
+    _wait_all(ranks, time.monotonic() + FAILURE_GRACE_S)
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        _signal_all(ranks, sig)
+        _wait_all(ranks, time.monotonic() + KILL_GRACE_S)
     return first_failure
 
 
